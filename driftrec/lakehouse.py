@@ -1,0 +1,129 @@
+"""Delta I/O: create and register tables, MERGE keyed state, replace one partition.
+
+Everything that touches storage goes through here so the transforms elsewhere stay pure DataFrame functions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from delta.tables import DeltaTable
+from pyspark.sql import DataFrame, SparkSession
+
+from driftrec.config import Config
+from driftrec.tables import ALL_TABLES, TableSpec, conform
+
+
+@dataclass(frozen=True)
+class MergeResult:
+    inserted: int
+    updated: int
+    deleted: int = 0
+
+
+def ensure_database(spark: SparkSession, conf: Config) -> None:
+    spark.sql(f"CREATE DATABASE IF NOT EXISTS {conf.lakehouse.database}")
+
+
+def _check_registered_location(spark: SparkSession, conf: Config, spec: TableSpec) -> None:
+    """Refuse to write when the catalog name points at another lakehouse: that would mix two lakehouses."""
+    name = conf.table_name(spec.logical)
+    if not spark.catalog.tableExists(name):
+        return
+    location = spark.sql(f"DESCRIBE DETAIL {name}").first()["location"]
+    expected = conf.table_path(spec.logical)
+    if location.removeprefix("file:").rstrip("/") != expected.rstrip("/"):
+        raise RuntimeError(
+            f"catalog table {name} points at {location}, not at this lakehouse's {expected}; "
+            "use another lakehouse.database or drop the old registration"
+        )
+
+
+def ensure_table(spark: SparkSession, conf: Config, spec: TableSpec) -> DeltaTable:
+    """Create the table at its path if missing and register it in the catalog; idempotent."""
+    if not spark.catalog.databaseExists(conf.lakehouse.database):
+        ensure_database(spark, conf)
+    _check_registered_location(spark, conf, spec)
+    builder = (
+        DeltaTable.createIfNotExists(spark)
+        .tableName(conf.table_name(spec.logical))
+        .location(conf.table_path(spec.logical))
+        .addColumns(spec.schema)
+    )
+    if spec.partition_by:
+        builder = builder.partitionedBy(*spec.partition_by)
+    if spec.comment:
+        builder = builder.comment(spec.comment)
+    return builder.execute()
+
+
+def ensure_tables(spark: SparkSession, conf: Config, specs: tuple[TableSpec, ...] = ALL_TABLES) -> None:
+    for spec in specs:
+        ensure_table(spark, conf, spec)
+
+
+def read_table(spark: SparkSession, conf: Config, spec: TableSpec) -> DataFrame:
+    """Read by path: works whether or not the catalog has the table registered."""
+    return spark.read.format("delta").load(conf.table_path(spec.logical))
+
+
+def table_exists(spark: SparkSession, conf: Config, spec: TableSpec) -> bool:
+    return DeltaTable.isDeltaTable(spark, conf.table_path(spec.logical))
+
+
+def _last_operation_metrics(table: DeltaTable) -> dict[str, str]:
+    row = table.history(1).select("operationMetrics").first()
+    return dict(row["operationMetrics"] or {}) if row else {}
+
+
+def merge_upsert(
+    spark: SparkSession,
+    conf: Config,
+    spec: TableSpec,
+    df: DataFrame,
+    *,
+    update_when: str | None = None,
+    target_filter: str | None = None,
+) -> MergeResult:
+    """MERGE ``df`` into the table on its key: insert new keys, update matched ones where ``update_when`` holds.
+
+    ``target_filter`` (an SQL predicate on ``t``) narrows the target scan, e.g. to the partitions the batch
+    touches, so a night's MERGE does not read the whole history.
+    """
+    if not spec.key:
+        raise ValueError(f"table {spec.logical} has no key to MERGE on")
+    table = ensure_table(spark, conf, spec)
+    source = conform(df, spec)
+    on = " AND ".join(f"t.{k} = s.{k}" for k in spec.key)
+    if target_filter:
+        on = f"({target_filter}) AND {on}"
+    merge = table.alias("t").merge(source.alias("s"), on)
+    if update_when is not None:
+        merge = merge.whenMatchedUpdateAll(condition=update_when)
+    merge.whenNotMatchedInsertAll().execute()
+    metrics = _last_operation_metrics(table)
+    return MergeResult(
+        inserted=int(metrics.get("numTargetRowsInserted", 0)),
+        updated=int(metrics.get("numTargetRowsUpdated", 0)),
+        deleted=int(metrics.get("numTargetRowsDeleted", 0)),
+    )
+
+
+def append(spark: SparkSession, conf: Config, spec: TableSpec, df: DataFrame) -> None:
+    ensure_table(spark, conf, spec)
+    conform(df, spec).write.format("delta").mode("append").save(conf.table_path(spec.logical))
+
+
+def replace_where(spark: SparkSession, conf: Config, spec: TableSpec, df: DataFrame, predicate: str) -> None:
+    """Atomically replace the rows matching ``predicate`` (e.g. ``ds = '2026-01-02'``) with ``df``.
+
+    Delta validates that every written row matches the predicate, so a rerun of one night replaces exactly it.
+    """
+    ensure_table(spark, conf, spec)
+    (
+        conform(df, spec)
+        .write.format("delta")
+        .mode("overwrite")
+        .option("replaceWhere", predicate)
+        .save(conf.table_path(spec.logical))
+    )

@@ -1,0 +1,56 @@
+"""The one SparkSession builder every job uses.
+
+Job code never sets the master. Under ``spark-submit`` the cluster's settings (master, Delta jars from
+``--packages``, memory) win; only the local ``driftrec`` command passes ``local=True``, which adds ``local[*]``
+and fetches the Delta jars through ``configure_spark_with_delta_pip``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pyspark.sql import SparkSession
+
+from driftrec.config import Config
+
+DELTA_CONF = {
+    "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
+    "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
+}
+
+
+def build_spark(conf: Config, *, app_name: str = "driftrec", local: bool = False) -> SparkSession:
+    """Return the active session or build one configured for Delta and UTC timestamps."""
+    builder = SparkSession.builder.appName(app_name)
+    settings = {
+        **DELTA_CONF,
+        # Event dates and decay ages are computed in UTC whatever the machine's zone.
+        "spark.sql.session.timeZone": "UTC",
+        "spark.sql.shuffle.partitions": str(conf.spark.shuffle_partitions),
+    }
+    if local:
+        root = Path(conf.lakehouse.root).resolve()
+        settings.update(
+            {
+                "spark.driver.memory": conf.spark.driver_memory,
+                "spark.ui.enabled": str(conf.spark.ui).lower(),
+                "spark.sql.warehouse.dir": str(root / "_warehouse"),
+                "spark.driver.extraJavaOptions": f"-Dderby.system.home={root / '_metastore'}",
+                "javax.jdo.option.ConnectionURL": (
+                    f"jdbc:derby:;databaseName={root / '_metastore' / 'metastore_db'};create=true"
+                ),
+            }
+        )
+    settings.update(conf.spark.conf)
+    for key, value in settings.items():
+        builder = builder.config(key, value)
+    if local:
+        from delta import configure_spark_with_delta_pip
+
+        builder = builder.master(conf.spark.master)
+        if conf.lakehouse.catalog == "hive":
+            builder = builder.enableHiveSupport()
+        builder = configure_spark_with_delta_pip(builder)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("WARN")
+    return spark
