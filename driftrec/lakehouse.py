@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 
 from driftrec.config import Config
 from driftrec.tables import ALL_TABLES, TableSpec, conform
@@ -127,3 +128,65 @@ def replace_where(spark: SparkSession, conf: Config, spec: TableSpec, df: DataFr
         .option("replaceWhere", predicate)
         .save(conf.table_path(spec.logical))
     )
+
+
+def table_version(spark: SparkSession, conf: Config, spec: TableSpec) -> int:
+    """Current Delta version of an existing table, to restore to on a rerun."""
+    table = DeltaTable.forPath(spark, conf.table_path(spec.logical))
+    return int(table.history(1).select("version").first()["version"])
+
+
+def restore_version(spark: SparkSession, conf: Config, spec: TableSpec, version: int) -> None:
+    """Roll the table back to ``version`` (Delta RESTORE; needs that version's files, i.e. not vacuumed)."""
+    table = DeltaTable.forPath(spark, conf.table_path(spec.logical))
+    if table_version(spark, conf, spec) != version:
+        table.restoreToVersion(version)
+
+
+def replace_groups(
+    spark: SparkSession, conf: Config, spec: TableSpec, df: DataFrame, group_by: tuple[str, ...]
+) -> MergeResult:
+    """Make the table's rows for every group in ``df`` (e.g. one ``from_item``) exactly ``df``'s rows.
+
+    One MERGE on the key: new rows are inserted, kept rows updated, and the group's old rows absent from ``df``
+    deleted; groups not in ``df`` are untouched. For pruned per-group views such as a top-N successor list.
+    """
+    if not spec.key:
+        raise ValueError(f"table {spec.logical} has no key to MERGE on")
+    table = ensure_table(spark, conf, spec)
+    source = conform(df, spec)
+    groups = source.select(*group_by).distinct()
+    stale = (
+        read_table(spark, conf, spec)
+        .join(groups, list(group_by), "left_semi")
+        .join(source.select(*spec.key), list(spec.key), "left_anti")
+    )
+    marked = source.withColumn("_drop", F.lit(False)).unionByName(stale.withColumn("_drop", F.lit(True)))
+    on = " AND ".join(f"t.{k} = s.{k}" for k in spec.key)
+    values = {f.name: f"s.{f.name}" for f in spec.schema.fields}
+    (
+        table.alias("t")
+        .merge(marked.alias("s"), on)
+        .whenMatchedDelete(condition="s._drop")
+        .whenMatchedUpdate(set=values)
+        .whenNotMatchedInsert(condition="NOT s._drop", values=values)
+        .execute()
+    )
+    metrics = _last_operation_metrics(table)
+    return MergeResult(
+        inserted=int(metrics.get("numTargetRowsInserted", 0)),
+        updated=int(metrics.get("numTargetRowsUpdated", 0)),
+        deleted=int(metrics.get("numTargetRowsDeleted", 0)),
+    )
+
+
+def read_table_at(spark: SparkSession, conf: Config, spec: TableSpec, version: int) -> DataFrame:
+    """Read the table as of a Delta version: a job reads its inputs pinned while it rewrites the same tables."""
+    return spark.read.format("delta").option("versionAsOf", version).load(conf.table_path(spec.logical))
+
+
+def register_all(spark: SparkSession, conf: Config) -> None:
+    """Register every table that exists on storage, e.g. for a session catalog or a fresh metastore."""
+    for spec in ALL_TABLES:
+        if table_exists(spark, conf, spec):
+            ensure_table(spark, conf, spec)

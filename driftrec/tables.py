@@ -52,7 +52,7 @@ ITEMS = TableSpec(
         [
             _f("item_id", T.LongType(), False),
             _f("title", T.StringType()),
-            _f("categories", T.ArrayType(T.StringType(), False), False),
+            _f("categories", T.ArrayType(T.StringType(), True), False),
             _f("text", T.StringType(), comment="free text: description, tags"),
             _f("content_hash", T.StringType(), False, "changes when title, categories or text change"),
             _f("source", T.StringType(), False),
@@ -88,6 +88,7 @@ INGEST_LOG = TableSpec(
             _f("source", T.StringType(), False),
             _f("rows_read", T.LongType(), False),
             _f("rows_valid", T.LongType(), False),
+            _f("rows_duplicate", T.LongType(), False, "valid rows repeating an event already in the same batch"),
             _f("rows_inserted", T.LongType(), False),
             _f("rows_updated", T.LongType(), False),
             _f("rows_quarantined", T.LongType(), False),
@@ -97,7 +98,252 @@ INGEST_LOG = TableSpec(
     comment="One row per ingested source per run: the counts the job reports.",
 )
 
-ALL_TABLES: tuple[TableSpec, ...] = (EVENTS, ITEMS, QUARANTINE, INGEST_LOG)
+# --- interest migration engine (driftrec.migration) -------------------------------------------------------------
+# Decayed counts are stored lazily: a row holds its count as of its own date, and its value on a later day D is
+# count * 2^(-(D - date)/half_life). A night rewrites only the rows its events touch.
+
+USER_TRANSITIONS = TableSpec(
+    logical="user_transitions",
+    schema=T.StructType(
+        [
+            _f("user_id", T.LongType(), False),
+            _f("from_cat", T.StringType(), False),
+            _f("to_cat", T.StringType(), False),
+            _f("count", T.DoubleType(), False, "decayed transition count as of updated_through"),
+            _f("prob", T.DoubleType(), False, "P_u(to|from) shrunk toward the global category matrix"),
+            _f("global_weight", T.DoubleType(), False, "s/(n_u(from)+s): weight of the global row in P_u"),
+            _f("updated_through", T.DateType(), False, "last night that updated this user's rows"),
+        ]
+    ),
+    key=("user_id", "from_cat", "to_cat"),
+    comment="Per-user category transitions; unobserved pairs have prob = global_weight * global prob.",
+)
+
+CATEGORY_TRANSITIONS = TableSpec(
+    logical="category_transitions",
+    schema=T.StructType(
+        [
+            _f("from_cat", T.StringType(), False),
+            _f("to_cat", T.StringType(), False),
+            _f("count", T.DoubleType(), False, "decayed count over all users as of updated_through"),
+            _f("prob", T.DoubleType(), False, "smoothed P(to|from); every row sums to 1"),
+            _f("updated_through", T.DateType(), False),
+        ]
+    ),
+    key=("from_cat", "to_cat"),
+    comment="Global category transition matrix, dense K x K.",
+)
+
+ITEM_TRANSITION_COUNTS = TableSpec(
+    logical="item_transition_counts",
+    schema=T.StructType(
+        [
+            _f("from_item", T.LongType(), False),
+            _f("to_item", T.LongType(), False),
+            _f("count", T.DoubleType(), False, "decayed count as of as_of"),
+            _f("as_of", T.DateType(), False),
+        ]
+    ),
+    key=("from_item", "to_item"),
+    comment="State: every observed item pair with its decayed count (item_transitions is its pruned view).",
+)
+
+ITEM_TRANSITIONS = TableSpec(
+    logical="item_transitions",
+    schema=T.StructType(
+        [
+            _f("from_item", T.LongType(), False),
+            _f("to_item", T.LongType(), False),
+            _f("count", T.DoubleType(), False, "decayed observed count as of updated_through (0: from smoothing)"),
+            _f("prob", T.DoubleType(), False, "smoothed P(to|from) renormalised over the kept top-N"),
+            _f("rank", T.IntegerType(), False, "1 = most likely successor; ties broken by to_item"),
+            _f("updated_through", T.DateType(), False),
+        ]
+    ),
+    key=("from_item", "to_item"),
+    comment="Global item successor table, top-N per item.",
+)
+
+ITEM_POPULARITY = TableSpec(
+    logical="item_popularity",
+    schema=T.StructType(
+        [
+            _f("item_id", T.LongType(), False),
+            _f("count", T.DoubleType(), False, "decayed event count as of as_of"),
+            _f("as_of", T.DateType(), False),
+        ]
+    ),
+    key=("item_id",),
+    comment="State: decayed event counts per item (smoothing prior and within-category popularity).",
+)
+
+USER_INTEREST = TableSpec(
+    logical="user_interest",
+    schema=T.StructType(
+        [
+            _f("user_id", T.LongType(), False),
+            _f("category", T.StringType(), False),
+            _f("p", T.DoubleType(), False, "interest distribution; sums to 1 per user"),
+            _f("long_term_count", T.DoubleType(), False, "decayed evidence with the baseline half-life"),
+            _f("as_of", T.DateType(), False, "last night with events for this user"),
+        ]
+    ),
+    key=("user_id", "category"),
+    comment="Each user's interest distribution over categories, moved every night the user is active.",
+)
+
+USER_LAST_EVENT = TableSpec(
+    logical="user_last_event",
+    schema=T.StructType(
+        [
+            _f("user_id", T.LongType(), False),
+            _f("item_id", T.LongType(), False),
+            _f("event_ts", T.TimestampType(), False),
+            _f("event_id", T.StringType(), False),
+        ]
+    ),
+    key=("user_id",),
+    comment="State: each user's latest processed event, so transitions across midnight are counted.",
+)
+
+DRIFT_PARAMS = TableSpec(
+    logical="drift_params",
+    schema=T.StructType(
+        [
+            _f("ds", T.DateType(), False),
+            _f("a", T.DoubleType(), False, "weight of the previous interest"),
+            _f("b", T.DoubleType(), False, "weight of the migration term p.P_u"),
+            _f("method", T.StringType(), False, "fitted | pinned | default (too few events to fit)"),
+            _f("log_likelihood", T.DoubleType(), True, "of the night's held-out events at (a, b)"),
+            _f("log_likelihood_default", T.DoubleType(), True, "at the configured default (a, b), to compare"),
+            _f("n_events", T.LongType(), False, "events of the night"),
+            _f("n_fit_events", T.DoubleType(), False, "held-out evidence the fit used (users with a prior)"),
+            _f("n_users", T.LongType(), False, "users whose interest moved"),
+            _f("finished_at", T.TimestampType(), False),
+        ]
+    ),
+    key=("ds",),
+    comment="One row per migration night: the drift parameters used and how they were obtained.",
+)
+
+USER_DRIFT = TableSpec(
+    logical="user_drift",
+    schema=T.StructType(
+        [
+            _f("ds", T.DateType(), False),
+            _f("user_id", T.LongType(), False),
+            _f("js_divergence", T.DoubleType(), False, "JS (bits) between interest and the long-term profile"),
+            _f("day_shift", T.DoubleType(), False, "JS (bits) between interest before and after the night"),
+            _f("rising_category", T.StringType(), False, "largest interest - long-term gain; ties by name"),
+            _f("rising_delta", T.DoubleType(), False),
+            _f("falling_category", T.StringType(), False, "largest loss; ties by name"),
+            _f("falling_delta", T.DoubleType(), False),
+            _f("migrating", T.BooleanType(), False, "js_divergence >= migration.drift_threshold"),
+            _f("n_events", T.DoubleType(), False, "the user's categorised evidence that night"),
+        ]
+    ),
+    partition_by=("ds",),
+    comment="How much each active user's interest moved each night, and toward what.",
+)
+
+MIGRATION_RUNS = TableSpec(
+    logical="migration_runs",
+    schema=T.StructType(
+        [
+            _f("ds", T.DateType(), False),
+            _f("state_versions", T.MapType(T.StringType(), T.LongType()), False, "state table versions before"),
+            _f("finished_at", T.TimestampType(), False),
+        ]
+    ),
+    key=("ds",),
+    comment="Watermark of processed nights; a rerun restores the state versions recorded before that night.",
+)
+
+MIGRATION_STATE_TABLES: tuple[TableSpec, ...] = (
+    USER_TRANSITIONS,
+    CATEGORY_TRANSITIONS,
+    ITEM_TRANSITION_COUNTS,
+    ITEM_TRANSITIONS,
+    ITEM_POPULARITY,
+    USER_INTEREST,
+    USER_LAST_EVENT,
+)
+MIGRATION_TABLES: tuple[TableSpec, ...] = (*MIGRATION_STATE_TABLES, DRIFT_PARAMS, USER_DRIFT, MIGRATION_RUNS)
+
+ALL_TABLES: tuple[TableSpec, ...] = (EVENTS, ITEMS, QUARANTINE, INGEST_LOG, *MIGRATION_TABLES)
+
+
+# --- transfer learning: text embeddings, interest topics, training sequences, model registry (issue 4) ---
+
+ITEM_TEXT_EMBEDDINGS = TableSpec(
+    logical="item_text_embeddings",
+    schema=T.StructType(
+        [
+            _f("item_id", T.LongType(), False),
+            _f("model", T.StringType(), False, "sentence encoder name (embeddings.model)"),
+            _f("content_hash", T.StringType(), False, "items.content_hash the vector was computed from"),
+            _f("embedding", T.ArrayType(T.FloatType()), False, "mean-pooled, L2-normalised"),
+            _f("dim", T.IntegerType(), False),
+            _f("updated_at", T.TimestampType(), False),
+        ]
+    ),
+    key=("item_id", "model"),
+    comment="Frozen pretrained text vectors of items; re-encoded only when an item's content_hash changes.",
+)
+
+ITEM_TOPICS = TableSpec(
+    logical="item_topics",
+    schema=T.StructType(
+        [
+            _f("item_id", T.LongType(), False),
+            _f("topic", T.StringType(), False, "interest topic, e.g. topic_03"),
+            _f("model", T.StringType(), False, "clustering that assigned it, e.g. kmeans16/all-MiniLM-L6-v2"),
+        ]
+    ),
+    key=("item_id", "model"),
+    comment="Interest topics from clustering text embeddings, for catalogues without categories.",
+)
+
+TRAINING_SEQUENCES = TableSpec(
+    logical="training_sequences",
+    schema=T.StructType(
+        [
+            _f("ds", T.DateType(), False, "run date (trained-through); partition column"),
+            _f("user_id", T.LongType(), False),
+            _f("chunk", T.IntegerType(), False, "0 = most recent piece of the user's history"),
+            _f("split", T.StringType(), False, "train, or valid (last item = the held-out most recent event)"),
+            _f("item_ids", T.ArrayType(T.LongType()), False, "oldest first"),
+            _f("event_ts", T.ArrayType(T.LongType()), False, "epoch seconds, aligned with item_ids"),
+            _f("interest_categories", T.ArrayType(T.StringType()), False, "user_interest, may be empty"),
+            _f("interest_p", T.ArrayType(T.FloatType()), False),
+        ]
+    ),
+    partition_by=("ds",),
+    comment="Per-user item sequences a training run reads (pinned Delta version) through Ray Data.",
+)
+
+MODEL_REGISTRY = TableSpec(
+    logical="model_registry",
+    schema=T.StructType(
+        [
+            _f("version", T.LongType(), False),
+            _f("model_name", T.StringType(), False),
+            _f("trained_through", T.DateType(), False),
+            _f("parent_version", T.LongType(), comment="warm-start source; null for a cold start"),
+            _f("config_json", T.StringType(), False, "training section"),
+            _f("metrics_json", T.StringType(), False),
+            _f("ndcg_at_10", T.DoubleType(), False, "validation, full-catalogue ranking"),
+            _f("checkpoint", T.StringType(), False, "published checkpoint directory"),
+            _f("is_current", T.BooleanType(), False),
+            _f("decision", T.StringType(), False, "why it was or was not promoted"),
+            _f("created_at", T.TimestampType(), False),
+        ]
+    ),
+    key=("version",),
+    comment="Every trained recommender; exactly one is_current (the one serving and warm-starting).",
+)
+
+ALL_TABLES += (ITEM_TEXT_EMBEDDINGS, ITEM_TOPICS, TRAINING_SEQUENCES, MODEL_REGISTRY)
 
 
 def conform(df: DataFrame, spec: TableSpec) -> DataFrame:

@@ -1,0 +1,41 @@
+"""Flags every job shares: a config file, ``--set`` overrides and the lakehouse root shortcut."""
+
+from __future__ import annotations
+
+import argparse
+from datetime import date
+
+from driftrec.config import Config, load_config
+
+
+def base_parser(description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description)
+    add_config_flags(parser)
+    return parser
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="TOML configuration file")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one setting, e.g. --set migration.half_life_days=14 (repeatable)",
+    )
+    parser.add_argument("--lakehouse", help="lakehouse root (shortcut for --set lakehouse.root=...)")
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    overrides = list(args.overrides)
+    if getattr(args, "lakehouse", None):
+        overrides.append(f'lakehouse.root="{args.lakehouse}"')
+    return load_config(args.config, overrides)
+
+
+def parse_date(value: str) -> date:
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {value!r}") from None
