@@ -40,8 +40,15 @@ def _check_registered_location(spark: SparkSession, conf: Config, spec: TableSpe
         )
 
 
+# (session, catalog name, path) already created and registered by this process: skips repeated catalog round trips.
+_ENSURED: set[tuple[int, str, str]] = set()
+
+
 def ensure_table(spark: SparkSession, conf: Config, spec: TableSpec) -> DeltaTable:
     """Create the table at its path if missing and register it in the catalog; idempotent."""
+    key = (id(spark), conf.table_name(spec.logical), conf.table_path(spec.logical))
+    if key in _ENSURED and DeltaTable.isDeltaTable(spark, key[2]):
+        return DeltaTable.forPath(spark, key[2])
     if not spark.catalog.databaseExists(conf.lakehouse.database):
         ensure_database(spark, conf)
     _check_registered_location(spark, conf, spec)
@@ -55,7 +62,9 @@ def ensure_table(spark: SparkSession, conf: Config, spec: TableSpec) -> DeltaTab
         builder = builder.partitionedBy(*spec.partition_by)
     if spec.comment:
         builder = builder.comment(spec.comment)
-    return builder.execute()
+    table = builder.execute()
+    _ENSURED.add(key)
+    return table
 
 
 def ensure_tables(spark: SparkSession, conf: Config, specs: tuple[TableSpec, ...] = ALL_TABLES) -> None:
@@ -72,9 +81,15 @@ def table_exists(spark: SparkSession, conf: Config, spec: TableSpec) -> bool:
     return DeltaTable.isDeltaTable(spark, conf.table_path(spec.logical))
 
 
-def _last_operation_metrics(table: DeltaTable) -> dict[str, str]:
+def _merge_result(table: DeltaTable) -> MergeResult:
+    """Row counts of the table's latest commit (the MERGE just run), from Delta's operation metrics."""
     row = table.history(1).select("operationMetrics").first()
-    return dict(row["operationMetrics"] or {}) if row else {}
+    metrics = dict(row["operationMetrics"] or {}) if row else {}
+    return MergeResult(
+        inserted=int(metrics.get("numTargetRowsInserted", 0)),
+        updated=int(metrics.get("numTargetRowsUpdated", 0)),
+        deleted=int(metrics.get("numTargetRowsDeleted", 0)),
+    )
 
 
 def merge_upsert(
@@ -102,12 +117,7 @@ def merge_upsert(
     if update_when is not None:
         merge = merge.whenMatchedUpdateAll(condition=update_when)
     merge.whenNotMatchedInsertAll().execute()
-    metrics = _last_operation_metrics(table)
-    return MergeResult(
-        inserted=int(metrics.get("numTargetRowsInserted", 0)),
-        updated=int(metrics.get("numTargetRowsUpdated", 0)),
-        deleted=int(metrics.get("numTargetRowsDeleted", 0)),
-    )
+    return _merge_result(table)
 
 
 def append(spark: SparkSession, conf: Config, spec: TableSpec, df: DataFrame) -> None:
@@ -172,12 +182,7 @@ def replace_groups(
         .whenNotMatchedInsert(condition="NOT s._drop", values=values)
         .execute()
     )
-    metrics = _last_operation_metrics(table)
-    return MergeResult(
-        inserted=int(metrics.get("numTargetRowsInserted", 0)),
-        updated=int(metrics.get("numTargetRowsUpdated", 0)),
-        deleted=int(metrics.get("numTargetRowsDeleted", 0)),
-    )
+    return _merge_result(table)
 
 
 def read_table_at(spark: SparkSession, conf: Config, spec: TableSpec, version: int) -> DataFrame:

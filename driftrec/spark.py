@@ -35,6 +35,8 @@ def build_spark(conf: Config, *, app_name: str = "driftrec", local: bool = False
                 "spark.driver.memory": conf.spark.driver_memory,
                 "spark.ui.enabled": str(conf.spark.ui).lower(),
                 "spark.sql.warehouse.dir": str(root / "_warehouse"),
+                # Delta rebuilds table state with 50 tasks by default: right for a cluster, pure overhead locally.
+                "spark.databricks.delta.snapshotPartitions": "2",
                 "spark.driver.extraJavaOptions": f"-Dderby.system.home={root / '_metastore'}",
                 "javax.jdo.option.ConnectionURL": (
                     f"jdbc:derby:;databaseName={root / '_metastore' / 'metastore_db'};create=true"
