@@ -33,6 +33,34 @@ def cmd_ingest(args) -> int:
     return 0
 
 
+def cmd_migrate(args) -> int:
+    from jobs.migrate import run_from_args
+
+    conf = config_from_args(args)
+    if (args.date is None) == (args.start is None or args.end is None):
+        raise SystemExit("driftrec migrate: give either --date, or both --from and --to")
+    for report in run_from_args(_spark(conf, "driftrec-migrate"), conf, args):
+        print(report.summary())
+    return 0
+
+
+def _demo_migration(spark, conf, nights: int) -> None:
+    """Backfill the migration engine over the last ``nights`` days that have events."""
+    import datetime as dt
+
+    from pyspark.sql import functions as F
+
+    from driftrec import lakehouse
+    from driftrec.tables import EVENTS
+    from jobs.migrate import MigrationJob
+
+    last = lakehouse.read_table(spark, conf, EVENTS).agg(F.max("event_date")).first()[0]
+    start = last - dt.timedelta(days=nights - 1)
+    print(f"migration backfill {start} .. {last}")
+    reports = MigrationJob(spark, conf).backfill(start, last)
+    print(reports[-1].summary())
+
+
 def cmd_generate(args) -> int:
     from driftrec.synthetic import write_dataset
 
@@ -72,21 +100,22 @@ def cmd_demo(args) -> int:
         sources = job.plan(events=[str(demo_dir / "events")], items=[str(demo_dir / "items.parquet")], fmt="parquet")
     print(job.run(sources).summary())
 
+    _banner("interest migration")
+    _demo_migration(spark, conf, args.nights)
+
     _banner("done")
     root = Path(conf.lakehouse.root).resolve()
     print(f"lakehouse: {root}  ({time.time() - started:.0f}s)")
-    for logical in ("events", "items", "quarantine", "ingest_log"):
+    for logical in ("events", "items", "quarantine", "user_interest", "user_drift", "item_transitions"):
         print(f"  {conf.table_name(logical):<28} {conf.table_path(logical)}")
     db = conf.lakehouse.database
-    print("\nsample query:")
-    print(
-        f'  driftrec sql --lakehouse {root} "SELECT event_date, count(*) AS events '
-        f'FROM {db}.events GROUP BY event_date ORDER BY event_date DESC LIMIT 5"'
+    query = (
+        f"SELECT rising_category, count(*) AS users, round(avg(js_divergence), 3) AS mean_js FROM {db}.user_drift "
+        f"WHERE migrating AND ds = (SELECT max(ds) FROM {db}.user_drift) GROUP BY rising_category ORDER BY users DESC"
     )
-    spark.sql(
-        f"SELECT event_date, count(*) AS events, count(DISTINCT user_id) AS users "
-        f"FROM {db}.events GROUP BY event_date ORDER BY event_date DESC LIMIT 5"
-    ).show()
+    print("\nsample query (where are migrating users moving?):")
+    print(f'  driftrec sql --lakehouse {root} "{query}"')
+    spark.sql(query).show(10, truncate=False)
     return 0
 
 
@@ -99,7 +128,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="run the nightly pipeline on demo data (generated, or --movielens DIR)")
     add_config_flags(p)
     p.add_argument("--movielens", metavar="DIR", help="use a MovieLens release instead of generated data")
+    p.add_argument(
+        "--nights", type=int, default=2, help="nights of the migration engine to backfill (the last N days with data)"
+    )
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("migrate", help="interest migration engine for one night (--date) or a range (--from/--to)")
+    add_config_flags(p)
+    from jobs.migrate import add_arguments as migrate_args
+
+    migrate_args(p)
+    p.set_defaults(func=cmd_migrate)
 
     p = sub.add_parser("ingest", help="ingest events and an item catalogue")
     add_config_flags(p)

@@ -128,8 +128,11 @@ class MigrationConfig(_Section):
     shrinkage_strength: float = Field(default=5.0, ge=0)
     # Weight of the prior q = a*p + b*p.P_u + (1-a-b)*g against the day's evidence counts.
     prior_strength: float = Field(default=20.0, gt=0)
-    # Half-life of each user's long-term category profile, the reference drift is measured against.
+    # Drift compares a user's recent category profile with the long-term one (decayed evidence, these half-lives),
+    # each smoothed by drift_smoothing pseudo-events spread as the global category popularity.
+    recent_half_life_days: float = Field(default=2.0, gt=0)
     baseline_half_life_days: float = Field(default=60.0, gt=0)
+    drift_smoothing: float = Field(default=1.0, gt=0)
     # Pin a and b (both or neither) instead of fitting them on the night's held-out events.
     pin_a: float | None = Field(default=None, ge=0, le=1)
     pin_b: float | None = Field(default=None, ge=0, le=1)
@@ -139,8 +142,8 @@ class MigrationConfig(_Section):
     min_fit_events: int = Field(default=200, ge=1)
     # Grid step of the coarse maximum-likelihood search over (a, b); a finer grid refines around the best point.
     fit_grid_step: float = Field(default=0.05, gt=0, le=0.5)
-    # Jensen-Shannon divergence (bits) between current interest and the long-term profile that flags migration.
-    drift_threshold: float = Field(default=0.25, gt=0, le=1)
+    # Jensen-Shannon divergence (bits) between the recent and long-term profiles that flags a user as migrating.
+    drift_threshold: float = Field(default=0.05, gt=0, le=1)
     # Items with no category map to this one; None leaves them out of the category-level model.
     fallback_category: str | None = None
     # Markov scores: how many recent items feed the item-level term, and its weight against the category term.

@@ -38,7 +38,7 @@ def build_spark(conf: Config, *, app_name: str = "driftrec", local: bool = False
                 # Delta rebuilds table state with 50 tasks by default: right for a cluster, pure overhead locally.
                 "spark.databricks.delta.snapshotPartitions": "2",
                 "spark.driver.extraJavaOptions": f"-Dderby.system.home={root / '_metastore'}",
-                "javax.jdo.option.ConnectionURL": (
+                "spark.hadoop.javax.jdo.option.ConnectionURL": (
                     f"jdbc:derby:;databaseName={root / '_metastore' / 'metastore_db'};create=true"
                 ),
             }

@@ -184,7 +184,8 @@ USER_INTEREST = TableSpec(
             _f("user_id", T.LongType(), False),
             _f("category", T.StringType(), False),
             _f("p", T.DoubleType(), False, "interest distribution; sums to 1 per user"),
-            _f("long_term_count", T.DoubleType(), False, "decayed evidence with the baseline half-life"),
+            _f("recent_count", T.DoubleType(), False, "decayed category evidence, migration.recent_half_life_days"),
+            _f("long_term_count", T.DoubleType(), False, "same with migration.baseline_half_life_days"),
             _f("as_of", T.DateType(), False, "last night with events for this user"),
         ]
     ),
@@ -232,9 +233,9 @@ USER_DRIFT = TableSpec(
         [
             _f("ds", T.DateType(), False),
             _f("user_id", T.LongType(), False),
-            _f("js_divergence", T.DoubleType(), False, "JS (bits) between interest and the long-term profile"),
+            _f("js_divergence", T.DoubleType(), False, "JS (bits) between recent and long-term category profile"),
             _f("day_shift", T.DoubleType(), False, "JS (bits) between interest before and after the night"),
-            _f("rising_category", T.StringType(), False, "largest interest - long-term gain; ties by name"),
+            _f("rising_category", T.StringType(), False, "largest recent - long-term gain; ties by name"),
             _f("rising_delta", T.DoubleType(), False),
             _f("falling_category", T.StringType(), False, "largest loss; ties by name"),
             _f("falling_delta", T.DoubleType(), False),

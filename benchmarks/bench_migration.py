@@ -1,0 +1,161 @@
+"""Benchmark the migration engine: a full backfill vs one incremental night, on generated data.
+
+Generates ``--days`` days of synthetic events (``driftrec.synthetic.write_dataset``, default ~6M events), loads them
+into a fresh lakehouse's ``events``/``items`` tables (not timed), then times
+
+* the backfill of every night (events/s over all events), and
+* one incremental night: the last night of that backfill (full state behind it), and a rerun of it
+  (which first restores the state versions from before the night, as a real rerun does);
+
+and prints the ratio night / backfill (the issue asks for well under 1/10 with 1/30 of the data per night) and
+peak memory: the Python driver's peak RSS and the JVM's (``VmHWM`` of the java child process).
+
+    python benchmarks/bench_migration.py --out /tmp/bench_migration            # ~6M events, 30 days
+    python benchmarks/bench_migration.py --out /tmp/bm_small --users 2000      # quick smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import resource
+import time
+from pathlib import Path
+
+from pyspark.sql import functions as F
+
+from driftrec import lakehouse
+from driftrec.config import SyntheticConfig, load_config
+from driftrec.spark import build_spark
+from driftrec.synthetic import write_dataset
+from driftrec.tables import EVENTS, ITEMS
+from jobs.migrate import MigrationJob
+
+
+def _vm_hwm_kib(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _java_children(pid: int) -> list[int]:
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                stat = (d / "stat").read_text()
+                ppid = int(stat.rsplit(")", 1)[1].split()[1])
+                if ppid == pid and "java" in (d / "cmdline").read_bytes().decode(errors="ignore"):
+                    out.append(int(d.name))
+            except OSError:
+                continue
+    return out
+
+
+def load_lakehouse(spark, conf, data_dir: Path) -> int:
+    """Synthetic parquet -> ``events`` and ``items`` Delta tables (what the ingest job would do)."""
+    ev = spark.read.parquet(str(data_dir / "events"))
+    ev = ev.withColumn("event_ts", F.timestamp_seconds("timestamp"))
+    events = ev.select(
+        F.sha2(F.concat_ws("|", "user_id", "item_id", "event_type", "timestamp"), 256).alias("event_id"),
+        "user_id", "item_id", "event_type", "event_ts", "weight",
+        F.lit("synthetic").alias("source"),
+        F.current_timestamp().alias("ingested_at"),
+        F.to_date("event_ts").alias("event_date"),
+    )
+    lakehouse.append(spark, conf, EVENTS, events)
+    items = spark.read.parquet(str(data_dir / "items.parquet")).select(
+        "item_id", "title", "categories", "text",
+        F.sha2(F.concat_ws("|", "title", F.array_join("categories", ","), "text"), 256).alias("content_hash"),
+        F.lit("synthetic").alias("source"),
+        F.current_timestamp().alias("updated_at"),
+    )
+    lakehouse.merge_upsert(spark, conf, ITEMS, items)
+    return lakehouse.read_table(spark, conf, EVENTS).count()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", required=True, help="work directory (data + lakehouse)")
+    ap.add_argument("--users", type=int, default=100_000)
+    ap.add_argument("--items", type=int, default=20_000)
+    ap.add_argument("--categories", type=int, default=12)
+    ap.add_argument("--days", type=int, default=30)
+    ap.add_argument("--events-per-user-day", type=float, default=2.0)
+    ap.add_argument("--shuffle-partitions", type=int, default=8)
+    ap.add_argument("--driver-memory", default="8g")
+    args = ap.parse_args(argv)
+
+    out = Path(args.out).resolve()
+    cfg = SyntheticConfig(users=args.users, items=args.items, categories=args.categories, days=args.days,
+                          events_per_user_day=args.events_per_user_day, seed=7)
+    data_dir = out / "data"
+    if not (data_dir / "truth.json").exists():
+        t0 = time.time()
+        info = write_dataset(cfg, data_dir)
+        print(f"generated {info['n_events']} events in {time.time() - t0:.1f}s -> {data_dir}", flush=True)
+    conf = load_config(overrides=[
+        f'lakehouse.root="{out / "lakehouse"}"', 'lakehouse.database="bench_migration"',
+        f"spark.shuffle_partitions={args.shuffle_partitions}", f'spark.driver_memory="{args.driver_memory}"',
+        'spark.conf={"spark.databricks.delta.snapshotPartitions" = "4"}',
+    ])
+    spark = build_spark(conf, app_name="bench-migration", local=True)
+    spark.sparkContext.setLogLevel("ERROR")
+    if lakehouse.table_exists(spark, conf, EVENTS):
+        n_events = lakehouse.read_table(spark, conf, EVENTS).count()
+    else:
+        t0 = time.time()
+        n_events = load_lakehouse(spark, conf, data_dir)
+        print(f"loaded {n_events} events into Delta in {time.time() - t0:.1f}s", flush=True)
+
+    start = dt.date.fromisoformat(cfg.start_date)
+    end = start + dt.timedelta(days=args.days - 1)
+    job = MigrationJob(spark, conf)
+    nights: list[tuple[dt.date, float, int]] = []
+    t0 = time.time()
+    day = start
+    first = True
+    while day <= end:
+        t = time.time()
+        report = job.backfill(day, day) if first else [job.run(day)]
+        first = False
+        nights.append((day, time.time() - t, report[0].n_events))
+        print(f"  night {day}: {report[0].n_events} events, {nights[-1][1]:.1f}s "
+              f"(a={report[0].a:.3f}, b={report[0].b:.3f}, {report[0].method})", flush=True)
+        day += dt.timedelta(days=1)
+    backfill_s = time.time() - t0
+    last_day, last_s, last_n = nights[-1]
+    t = time.time()
+    job.run(last_day)
+    rerun_s = time.time() - t
+
+    py_peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    jvm_peak_mib = sum(_vm_hwm_kib(p) for p in _java_children(os.getpid())) / 1024
+    result = {
+        "events": n_events,
+        "days": args.days,
+        "backfill_s": round(backfill_s, 1),
+        "backfill_events_per_s": round(n_events / backfill_s, 1),
+        "night_events": last_n,
+        "night_s": round(last_s, 1),
+        "night_events_per_s": round(last_n / last_s, 1),
+        "night_rerun_s": round(rerun_s, 1),
+        "night_over_backfill": round(last_s / backfill_s, 4),
+        "median_night_s": round(sorted(s for _, s, _ in nights)[len(nights) // 2], 1),
+        "peak_rss_python_mib": round(py_peak_mib, 1),
+        "peak_rss_jvm_mib": round(jvm_peak_mib, 1),
+        "cpus": os.cpu_count(),
+    }
+    print(json.dumps(result, indent=2))
+    (out / "bench_migration.json").write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
