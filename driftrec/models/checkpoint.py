@@ -1,0 +1,49 @@
+"""Self-contained SASRec checkpoints: tensors in ``model.pt`` (loaded with ``weights_only=True``), the rest JSON.
+
+Nothing is ever unpickled: the weights file holds only tensors, and the item space's ids and category names that
+give those rows their meaning are tensors or JSON too.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from driftrec.models.batches import ItemSpace
+from driftrec.models.sasrec import SASRec, SASRecParams
+
+WEIGHTS = "model.pt"
+META = "meta.json"
+
+
+def save_checkpoint(directory: str | Path, model: SASRec, space: ItemSpace, extra: dict | None = None) -> Path:
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    state["__item_ids__"] = torch.from_numpy(np.array(space.item_ids, dtype=np.int64))
+    torch.save(state, d / WEIGHTS)
+    meta = {"params": model.p.to_dict(), "categories": list(space.categories), **(extra or {})}
+    (d / META).write_text(json.dumps(meta, indent=1, sort_keys=True))
+    return d
+
+
+def load_checkpoint(directory: str | Path) -> tuple[SASRec, ItemSpace, dict]:
+    """The model (eval mode, CPU), its item space and the JSON metadata."""
+    d = Path(directory)
+    meta = json.loads((d / META).read_text())
+    state = torch.load(d / WEIGHTS, map_location="cpu", weights_only=True)
+    item_ids = state.pop("__item_ids__").numpy().astype(np.int64)
+    model = SASRec(SASRecParams(**meta["params"]))
+    model.load_state_dict(state)
+    model.eval()
+    space = ItemSpace(
+        item_ids=item_ids,
+        text=model.text[1:].numpy().copy(),
+        has_text=model.has_text[1:].numpy().copy(),
+        item_category=model.item_category[1:].numpy().copy(),
+        categories=list(meta["categories"]),
+    )
+    return model, space, meta

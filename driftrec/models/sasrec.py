@@ -1,0 +1,157 @@
+"""SASRec-style sequential recommender whose items start from frozen pretrained text vectors.
+
+Item vector = learned id embedding + learned projection of the item's frozen text embedding (when it has text)
++ learned category embedding (when it has a category). An item never seen in training still gets a meaningful
+vector from its text and category, which is what lets a nightly warm start add new items without retraining from
+scratch (:meth:`SASRec.grow`). The user's interest distribution over categories (from the migration engine) is
+projected and added to every position, so the model can condition on where the user is drifting.
+
+Index 0 is padding everywhere (items and categories); real items are 1..n in the order of ``item_ids``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+@dataclass(frozen=True)
+class SASRecParams:
+    n_items: int
+    n_categories: int
+    text_dim: int
+    max_seq_len: int = 50
+    d_model: int = 64
+    heads: int = 2
+    layers: int = 2
+    dropout: float = 0.2
+    use_text: bool = True
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class SASRec(nn.Module):
+    def __init__(self, p: SASRecParams):
+        super().__init__()
+        self.p = p
+        n, d = p.n_items + 1, p.d_model
+        self.id_emb = nn.Embedding(n, d, padding_idx=0)
+        nn.init.normal_(self.id_emb.weight, std=0.02)
+        with torch.no_grad():
+            self.id_emb.weight[0].zero_()
+        # Absent in the ablation (random item initialisation): DDP rejects parameters that get no gradient.
+        self.text_proj = nn.Linear(p.text_dim, d, bias=False) if p.use_text else None
+        self.cat_emb = nn.Embedding(p.n_categories + 1, d, padding_idx=0)
+        nn.init.normal_(self.cat_emb.weight, std=0.02)
+        self.interest_proj = nn.Linear(p.n_categories + 1, d, bias=False)
+        self.pos_emb = nn.Embedding(p.max_seq_len, d)
+        layer = nn.TransformerEncoderLayer(d, p.heads, dim_feedforward=2 * d, dropout=p.dropout,
+                                           batch_first=True, norm_first=True, activation="gelu")
+        self.encoder = nn.TransformerEncoder(layer, p.layers, enable_nested_tensor=False)
+        self.out_norm = nn.LayerNorm(d)
+        self.drop = nn.Dropout(p.dropout)
+        # Frozen side information: saved with the model (a checkpoint is self-contained) but never trained.
+        self.register_buffer("text", torch.zeros(n, p.text_dim))
+        self.register_buffer("has_text", torch.zeros(n))
+        self.register_buffer("item_category", torch.zeros(n, dtype=torch.long))
+
+    # -- side information --------------------------------------------------------------------------------------
+    def set_side_info(self, text: np.ndarray, has_text: np.ndarray, item_category: np.ndarray) -> None:
+        """Rows are items 1..n (no padding row); text rows of items without text are ignored."""
+        with torch.no_grad():
+            self.text[1:] = torch.from_numpy(np.array(text, dtype=np.float32))
+            self.has_text[1:] = torch.from_numpy(np.array(has_text, dtype=np.float32))
+            self.item_category[1:] = torch.from_numpy(np.array(item_category, dtype=np.int64))
+
+    def item_vectors(self) -> torch.Tensor:
+        """(n_items + 1, d): the representation every item has, also used as the output layer (tied)."""
+        v = self.id_emb.weight + self.cat_emb(self.item_category)
+        if self.text_proj is not None:
+            v = v + self.has_text.unsqueeze(1) * self.text_proj(self.text)
+        return v
+
+    # -- forward -----------------------------------------------------------------------------------------------
+    def hidden(self, seq: torch.Tensor, interest: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:
+        """seq (B, L) item indices, left-padded with 0; interest (B, n_categories + 1) -> (B, L, d)."""
+        B, L = seq.shape
+        items = self.item_vectors() if items is None else items
+        x = items[seq] * (self.p.d_model**0.5)
+        x = x + self.pos_emb(torch.arange(L, device=seq.device)).unsqueeze(0)
+        x = x + self.interest_proj(interest).unsqueeze(1)
+        x = self.drop(x)
+        # Causal, and padded keys hidden; every position may still see itself, so no softmax row is all -inf
+        # (a NaN there would spread through the masked zeros of later layers).
+        ar = torch.arange(L, device=seq.device)
+        future = ar.unsqueeze(0) > ar.unsqueeze(1)  # (L, L): key after query
+        blocked = future.unsqueeze(0) | (seq == 0).unsqueeze(1)  # (B, L, L)
+        blocked = blocked & ~torch.eye(L, dtype=torch.bool, device=seq.device).unsqueeze(0)
+        h = self.encoder(x, mask=blocked.repeat_interleave(self.p.heads, dim=0))
+        return self.out_norm(h)
+
+    def forward(self, seq: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, interest: torch.Tensor,
+                sampled: int = 0) -> torch.Tensor:
+        """The training loss (DDP syncs gradients through forward): next-item cross-entropy where weight > 0.
+
+        ``sampled == 0``: full softmax over the whole catalogue. Otherwise softmax over the target plus ``sampled``
+        uniformly drawn negatives shared by the batch (accidental hits masked), for catalogues too large for it.
+        """
+        items = self.item_vectors()
+        h = self.hidden(seq, interest, items)
+        sel = weight > 0
+        h, target, weight = h[sel], target[sel], weight[sel]
+        if sampled <= 0:
+            logits = h @ items[1:].T  # class k = item index k + 1
+            ce = F.cross_entropy(logits.float(), target - 1, reduction="none")
+        else:
+            neg = torch.randint(1, self.p.n_items + 1, (sampled,), device=h.device)
+            pos_logit = (h * items[target]).sum(-1, keepdim=True)
+            neg_logits = h @ items[neg].T
+            neg_logits = neg_logits.masked_fill(neg.unsqueeze(0) == target.unsqueeze(1), float("-inf"))
+            logits = torch.cat([pos_logit, neg_logits], dim=1).float()
+            ce = F.cross_entropy(logits, torch.zeros_like(target), reduction="none")
+        return (ce * weight).sum() / weight.sum().clamp(min=1e-9)
+
+    @torch.no_grad()
+    def score(self, seq: torch.Tensor, interest: torch.Tensor) -> torch.Tensor:
+        """(B, n_items) scores of every item as the next one after the last position; column k is item k + 1."""
+        items = self.item_vectors()
+        h = self.hidden(seq, interest, items)[:, -1]
+        return h @ items[1:].T
+
+    # -- warm start --------------------------------------------------------------------------------------------
+    def grow(self, n_items: int, n_categories: int) -> SASRec:
+        """A copy with room for more items/categories; new ids start at zero so new items begin from text+category."""
+        if n_items < self.p.n_items or n_categories < self.p.n_categories:
+            raise ValueError("grow() only adds items and categories")
+        new = SASRec(SASRecParams(**{**self.p.to_dict(), "n_items": n_items, "n_categories": n_categories}))
+        old = self.state_dict()
+        state = new.state_dict()
+        for k, v in old.items():
+            if k in ("id_emb.weight", "text", "has_text", "item_category"):
+                state[k][: v.shape[0]] = v
+                if k == "id_emb.weight":
+                    state[k][v.shape[0] :] = 0.0
+            elif k == "cat_emb.weight":
+                state[k][: v.shape[0]] = v
+            elif k == "interest_proj.weight":
+                state[k].zero_()
+                state[k][:, : v.shape[1]] = v
+            else:
+                state[k] = v
+        new.load_state_dict(state)
+        return new
+
+
+def pad_left(seqs: list[np.ndarray], length: int) -> np.ndarray:
+    """Keep the last ``length`` entries of each sequence, left-padded with 0, as an (n, length) int64 array."""
+    out = np.zeros((len(seqs), length), dtype=np.int64)
+    for i, s in enumerate(seqs):
+        s = np.asarray(s, dtype=np.int64)[-length:]
+        if len(s):
+            out[i, length - len(s) :] = s
+    return out

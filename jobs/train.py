@@ -1,0 +1,280 @@
+"""Nightly training job: events -> training sequences (Delta) -> Ray Train (SASRec) -> gated model registry.
+
+Tonight's run warm-starts from the current registered model (its item table grown for new items from their text
+embeddings) and fine-tunes on the last ``training.finetune_window_days``; without a current model it trains from
+scratch. The candidate is published to ``<lakehouse>/models/<name>/vNNNNN`` and becomes current only if its
+validation NDCG@10 on tonight's held-out most recent events is within ``training.ndcg_tolerance`` of the current
+model's on the same events; the run's report says why.
+
+Ray: ``ray.init()`` starts a local Ray unless ``training.ray_address`` names a cluster (or the job runs under
+``ray job submit``, which sets RAY_ADDRESS)::
+
+    ray job submit --working-dir . -- python -m jobs.train --date 2026-01-31 --set training.num_workers=4
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from driftrec import lakehouse, registry
+from driftrec.config import Config
+from driftrec.jobargs import base_parser, config_from_args, parse_date
+from driftrec.models.batches import ItemSpace, extend_space, valid_batch
+from driftrec.models.evaluation import hit_rate_at_k, ndcg_at_k, popularity_scores, target_ranks
+from driftrec.models.sasrec import SASRec, SASRecParams
+from driftrec.tables import EVENTS, ITEM_TEXT_EMBEDDINGS, ITEMS, TRAINING_SEQUENCES
+
+log = logging.getLogger("driftrec.train")
+
+_ARCHITECTURE = ("max_seq_len", "d_model", "heads", "layers", "use_text")
+
+
+@dataclass
+class TrainReport:
+    version: int
+    trained_through: str
+    promoted: bool
+    reason: str
+    warm_start_from: int | None
+    checkpoint: str
+    metrics: dict = field(default_factory=dict)
+
+    def summary(self) -> str:
+        state = "PROMOTED to current" if self.promoted else "NOT promoted"
+        m = self.metrics
+        return (
+            f"model v{self.version} (trained through {self.trained_through}, "
+            f"{'warm start from v' + str(self.warm_start_from) if self.warm_start_from else 'cold start'}): "
+            f"{state}: {self.reason}\n  NDCG@10 {m.get('ndcg_at_10', float('nan')):.4f}, "
+            f"current model {m.get('current_ndcg_at_10', float('nan')):.4f}, "
+            f"popularity {m.get('popularity_ndcg_at_10', float('nan')):.4f} on {m.get('valid_users', 0)} users; "
+            f"{m.get('steady_samples_per_s', float('nan')):.0f} samples/s; checkpoint {self.checkpoint}"
+        )
+
+
+def evaluate(model: SASRec, space: ItemSpace, valid: pd.DataFrame, batch: int = 256) -> np.ndarray:
+    """0-based full-catalogue rank of each held-out item (ties by item index); n_items when out of catalogue."""
+    import torch
+
+    model.eval()
+    b = valid_batch(valid, space.index(), space.category_index(), len(space.categories), model.p.max_seq_len)
+    ranks = []
+    for s in range(0, len(valid), batch):
+        scores = model.score(torch.as_tensor(b["seq"][s : s + batch]), torch.as_tensor(b["interest"][s : s + batch]))
+        ranks.append(target_ranks(scores.numpy(), b["target"][s : s + batch] - 1))
+    return np.concatenate(ranks) if ranks else np.zeros(0, np.int64)
+
+
+def popularity_ranks(counts: pd.DataFrame, space: ItemSpace, valid: pd.DataFrame) -> np.ndarray:
+    c = counts.set_index("item_id")["n"].reindex(space.item_ids).fillna(0).to_numpy()
+    b = valid_batch(valid, space.index(), space.category_index(), len(space.categories), 2)
+    return target_ranks(popularity_scores(c, len(valid)), b["target"] - 1)
+
+
+def model_from_space(space: ItemSpace, conf: Config) -> SASRec:
+    t = conf.training
+    model = SASRec(SASRecParams(n_items=space.n_items, n_categories=len(space.categories), text_dim=space.text_dim,
+                                max_seq_len=t.max_seq_len, d_model=t.d_model, heads=t.heads, layers=t.layers,
+                                dropout=t.dropout, use_text=t.use_text))
+    model.set_side_info(space.text, space.has_text, space.item_category)
+    return model
+
+
+class TrainJob:
+    def __init__(self, spark: SparkSession, conf: Config):
+        self.spark = spark
+        self.conf = conf
+
+    # -- inputs ------------------------------------------------------------------------------------------------
+    def _events(self, ds: dt.date) -> DataFrame:
+        if not lakehouse.table_exists(self.spark, self.conf, EVENTS):
+            raise RuntimeError("no events table: run the ingest job first")
+        return lakehouse.read_table(self.spark, self.conf, EVENTS).where(F.col("event_date") <= F.lit(ds))
+
+    def _interest(self) -> DataFrame | None:
+        path = self.conf.table_path("user_interest")
+        from delta.tables import DeltaTable
+
+        if not DeltaTable.isDeltaTable(self.spark, path):
+            return None
+        return self.spark.read.format("delta").load(path)
+
+    def _side_info(self, events: DataFrame) -> pd.DataFrame:
+        from driftrec.categories import item_categories
+        from driftrec.training_data import item_side_info
+
+        spark, conf = self.spark, self.conf
+        if lakehouse.table_exists(spark, conf, ITEMS):
+            items = lakehouse.read_table(spark, conf, ITEMS).select("item_id")
+        else:
+            items = spark.createDataFrame([], "item_id bigint")
+        emb = None
+        if conf.training.use_text and lakehouse.table_exists(spark, conf, ITEM_TEXT_EMBEDDINGS):
+            emb = lakehouse.read_table(spark, conf, ITEM_TEXT_EMBEDDINGS).where(
+                F.col("model") == conf.embeddings.model
+            )
+        side = item_side_info(items, events.select("item_id"), item_categories(spark, conf), emb)
+        return side.toPandas()
+
+    def _write_sequences(self, events: DataFrame, ds: dt.date) -> list[str]:
+        """Write tonight's sequences and return the Parquet files of that partition at the pinned version."""
+        from delta.tables import DeltaTable
+        from deltalake import DeltaTable as ArrowDeltaTable
+
+        from driftrec.training_data import build_sequences
+
+        t = self.conf.training
+        seqs = build_sequences(events, ds, max_seq_len=t.max_seq_len, max_chunks=t.max_chunks_per_user,
+                               min_valid_events=t.min_valid_events, interest=self._interest())
+        lakehouse.replace_where(self.spark, self.conf, TRAINING_SEQUENCES, seqs, f"ds = '{ds.isoformat()}'")
+        path = self.conf.table_path(TRAINING_SEQUENCES.logical)
+        version = DeltaTable.forPath(self.spark, path).history(1).first()["version"]
+        # Written only by whole-partition replaces (no deletion vectors), so the files are the snapshot.
+        files = ArrowDeltaTable(path, version=version).file_uris(
+            file_pruning_predicate=[("ds", "=", ds.isoformat())]
+        )
+        log.info("training_sequences v%s: %d files for ds=%s", version, len(files), ds)
+        self.sequences_version = int(version)
+        return files
+
+    def _valid(self, ds: dt.date) -> pd.DataFrame:
+        t = self.conf.training
+        return (
+            self.spark.read.format("delta")
+            .option("versionAsOf", self.sequences_version)
+            .load(self.conf.table_path(TRAINING_SEQUENCES.logical))
+            .where((F.col("ds") == F.lit(ds)) & (F.col("split") == "valid"))
+            .orderBy(F.xxhash64("user_id"), "user_id")
+            .limit(t.max_valid_users)
+            .toPandas()
+        )
+
+    # -- run ---------------------------------------------------------------------------------------------------
+    def run(self, ds: dt.date) -> TrainReport:
+        import ray
+
+        from driftrec.models.checkpoint import load_checkpoint
+        from driftrec.training_data import training_popularity
+        from ray_trainers import sasrec_trainer
+
+        spark, conf, t = self.spark, self.conf, self.conf.training
+        events = self._events(ds)
+        files = self._write_sequences(events, ds)
+        if not files:
+            raise RuntimeError(f"no training sequences for {ds}: no events on or before it?")
+        side = self._side_info(events)
+        dims = {len(e) for e in side["embedding"] if e is not None}
+        text_dim = max(dims) if dims else 1
+
+        cur = registry.current(spark, conf, t.model_name) if t.warm_start else None
+        init_model, parent, reason_cold = None, None, ""
+        if cur is not None:
+            old, old_space, _ = load_checkpoint(cur["checkpoint"])
+            same_arch = all(getattr(old.p, k) == getattr(t, k) for k in _ARCHITECTURE)
+            if same_arch and old.p.text_dim == text_dim:
+                space = extend_space(old_space.item_ids, old_space.categories, side, text_dim)
+                cur_items = old_space.n_items
+                init_model = old.grow(space.n_items, len(space.categories))
+                init_model.set_side_info(space.text, space.has_text, space.item_category)
+                parent = int(cur["version"])
+            else:
+                reason_cold = "architecture or text model changed since the current model; cold start"
+        if init_model is None:
+            space = extend_space(np.zeros(0, np.int64), [], side, text_dim)
+        params = SASRecParams(n_items=space.n_items, n_categories=len(space.categories), text_dim=text_dim,
+                              max_seq_len=t.max_seq_len, d_model=t.d_model, heads=t.heads, layers=t.layers,
+                              dropout=t.dropout, use_text=t.use_text)
+        window_start = 0
+        if init_model is not None:
+            start = ds + dt.timedelta(days=1 - t.finetune_window_days)
+            window_start = int(dt.datetime.combine(start, dt.time(), dt.UTC).timestamp())
+
+        version = registry.next_version(spark, conf)
+        if not ray.is_initialized():
+            ray.init(address=t.ray_address or None)
+        cols = sasrec_trainer.SEQUENCE_COLUMNS
+        train_ds = ray.data.read_parquet(files).map_batches(
+            lambda df: df.loc[df["split"] == "train", cols], batch_format="pandas"
+        )
+        if t.materialize_data:
+            # Read before the workers take their CPUs: on a small node Ray Data would otherwise get none and the
+            # streaming split would wait forever.
+            train_ds = train_ds.materialize()
+        root = Path(conf.lakehouse.root).resolve()
+        fit = sasrec_trainer.fit(
+            train_ds, space, params, t,
+            storage_path=t.storage_path or str(root / "_ray_results"),
+            run_name=f"{t.model_name}-{ds.isoformat()}-v{version:05d}",
+            init_state=init_model.state_dict() if init_model is not None else None,
+            window_start=window_start,
+            epochs=t.warm_epochs if init_model is not None else t.epochs,
+            meta={"version": version, "trained_through": ds.isoformat(), "text_model": conf.embeddings.model},
+        )
+        published = root / "models" / t.model_name / f"v{version:05d}"
+        fit.checkpoint.to_directory(str(published))
+
+        valid = self._valid(ds)
+        candidate, cand_space, _ = load_checkpoint(published)
+        ranks = evaluate(candidate, cand_space, valid)
+        pop = training_popularity(events, t.min_valid_events).toPandas()
+        pop_ranks = popularity_ranks(pop, cand_space, valid)
+        metrics = {
+            "ndcg_at_10": ndcg_at_k(ranks, 10),
+            "hit_rate_at_10": hit_rate_at_k(ranks, 10),
+            "popularity_ndcg_at_10": ndcg_at_k(pop_ranks, 10),
+            "valid_users": len(valid),
+            "n_items": space.n_items,
+            "new_items": space.n_items - (cur_items if init_model is not None else 0),
+            "sequences_version": self.sequences_version,
+            **{k: fit.metrics[k] for k in ("loss", "samples_per_s", "steady_samples_per_s", "world_size")
+               if k in fit.metrics},
+        }
+        current_ndcg = None
+        if cur is not None:
+            # The current model, grown to tonight's items, on tonight's held-out events: a like-for-like bar.
+            if init_model is not None:
+                current_ndcg = ndcg_at_k(evaluate(init_model, space, valid), 10)
+            else:
+                old, old_space, _ = load_checkpoint(cur["checkpoint"])
+                current_ndcg = ndcg_at_k(evaluate(old, old_space, valid), 10)
+            metrics["current_version"] = int(cur["version"])
+            metrics["current_ndcg_at_10"] = current_ndcg
+        decision = registry.decide(metrics["ndcg_at_10"], current_ndcg, t.ndcg_tolerance)
+        reason = f"{reason_cold}; {decision.reason}" if reason_cold else decision.reason
+        decision = registry.Decision(decision.promote, reason)
+        registry.record(spark, conf, version=version, model_name=t.model_name, trained_through=ds,
+                        parent_version=parent, config=json.loads(t.model_dump_json()), metrics=metrics,
+                        checkpoint=str(published), decision=decision)
+        report = TrainReport(version=version, trained_through=ds.isoformat(), promoted=decision.promote,
+                             reason=reason, warm_start_from=parent, checkpoint=str(published), metrics=metrics)
+        log.info(report.summary())
+        return report
+
+
+def entrypoint(argv: list[str] | None = None) -> int:
+    """Console script / spark-submit entry: the cluster decides the Spark master and (via config) Ray's address."""
+    from driftrec.spark import build_spark
+
+    parser = base_parser("Train the sequential recommender with Ray Train and gate it through the model registry.")
+    parser.add_argument("--date", type=parse_date, required=True, help="trained-through date (YYYY-MM-DD)")
+    args = parser.parse_args(argv)
+    conf = config_from_args(args)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    spark = build_spark(conf, app_name="driftrec-train")
+    report = TrainJob(spark, conf).run(args.date)
+    print(report.summary())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(entrypoint())

@@ -1,0 +1,198 @@
+"""Ray Train entry point for the SASRec recommender: DDP over ``ScalingConfig(num_workers, use_gpu)``.
+
+Training sequences arrive as a Ray Dataset (the Parquet files of one pinned Delta snapshot) and are sharded to the
+workers with ``get_dataset_shard``; the item space and an optional warm-start state go through the object store,
+so the same code runs under a local ``ray.init()`` and on a cluster. Gloo on CPU, NCCL + bf16 autocast on GPU (the
+backend is chosen by Ray Train from ``use_gpu``). Rank 0 saves the unwrapped model with
+:func:`driftrec.models.checkpoint.save_checkpoint` and reports it through ``ray.train.Checkpoint``; a restarted
+worker group resumes from ``ray.train.get_checkpoint()``.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import dataclass
+import numpy as np
+
+from driftrec.config import TrainingConfig
+from driftrec.models.batches import ItemSpace
+from driftrec.models.sasrec import SASRecParams
+
+SEQUENCE_COLUMNS = ["user_id", "chunk", "item_ids", "event_ts", "interest_categories", "interest_p"]
+
+
+@dataclass(frozen=True)
+class FitResult:
+    checkpoint: object  # ray.train.Checkpoint under storage_path; publish with .to_directory(path)
+    metrics: dict
+
+
+def _all_min(value: int, world: int) -> int:
+    if world == 1:
+        return value
+    import torch
+    import torch.distributed as dist
+
+    t = torch.tensor([value], dtype=torch.long)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return int(t.item())
+
+
+def _all_sum(value: float, world: int) -> float:
+    if world == 1:
+        return value
+    import torch
+    import torch.distributed as dist
+
+    t = torch.tensor([value], dtype=torch.float64)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return float(t.item())
+
+
+def train_loop_per_worker(config: dict) -> None:
+    import ray
+    import ray.train
+    import ray.train.torch
+    import torch
+
+    from driftrec.models.batches import train_batch
+    from driftrec.models.checkpoint import load_checkpoint, save_checkpoint
+    from driftrec.models.sasrec import SASRec
+
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.manual_seed(config["seed"] + rank)
+    if config.get("torch_threads"):
+        torch.set_num_threads(config["torch_threads"])
+    space: ItemSpace = ray.get(config["space_ref"])
+    params = SASRecParams(**config["params"])
+
+    model = SASRec(params)
+    model.set_side_info(space.text, space.has_text, space.item_category)
+    start_epoch = 0
+    resume = ray.train.get_checkpoint()
+    if resume is not None:  # worker group restarted after a failure: continue this run
+        with resume.as_directory() as d:
+            restored, _, meta = load_checkpoint(d)
+        model.load_state_dict(restored.state_dict())
+        start_epoch = int(meta.get("epoch", -1)) + 1
+    elif config.get("init_ref") is not None:  # nightly warm start (already grown to tonight's items)
+        model.load_state_dict(ray.get(config["init_ref"]))
+
+    device = ray.train.torch.get_device()
+    # The frozen text table is a buffer identical on every rank: synced once at init, never per step.
+    ddp = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"forward_sync_buffers": False})
+    core = ddp.module if hasattr(ddp, "module") else ddp
+    amp = device.type == "cuda" and config["mixed_precision"]
+    opt = torch.optim.AdamW([p for p in ddp.parameters() if p.requires_grad], lr=config["lr"],
+                            weight_decay=config["weight_decay"])
+
+    shard = ray.train.get_dataset_shard("train")
+    index, cindex = space.index(), space.category_index()
+    n_cats, max_len = params.n_categories, params.max_seq_len
+    sampled = config["num_negatives"] if config["loss"] == "sampled" else 0
+    rates: list[float] = []
+    for epoch in range(start_epoch, config["epochs"]):
+        ddp.train()
+        t0, positions, loss_sum, steps = time.perf_counter(), 0.0, 0.0, 0
+        batches = iter(shard.iter_batches(batch_size=config["batch_size"], batch_format="pandas",
+                                          local_shuffle_buffer_size=4 * config["batch_size"],
+                                          local_shuffle_seed=config["seed"] + epoch))
+        while True:
+            pdf = next(batches, None)
+            # Every rank must take the same number of steps, or DDP's all-reduce waits forever.
+            if _all_min(0 if pdf is None or len(pdf) == 0 else 1, world) == 0:
+                break
+            b = train_batch(pdf, index, cindex, n_cats, max_len, config["window_start"])
+            t = {k: torch.as_tensor(v).to(device) for k, v in b.items()}
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
+                loss = ddp(t["seq"], t["target"], t["weight"], t["interest"], sampled)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            positions += float(b["weight"].sum())
+            loss_sum += float(loss.detach())
+            steps += 1
+        elapsed = time.perf_counter() - t0
+        total_positions = _all_sum(positions, world)
+        rates.append(total_positions / max(_all_sum(elapsed, world) / world, 1e-9))
+        metrics = {
+            "epoch": epoch,
+            "loss": loss_sum / max(steps, 1),
+            "samples": total_positions,
+            "samples_per_s": rates[-1],
+            # the first epoch pays for process start-up and data loading; later ones show steady state
+            "steady_samples_per_s": float(np.mean(rates[1:])) if len(rates) > 1 else rates[-1],
+            "world_size": world,
+        }
+        # Reports synchronise every worker with the controller: only at checkpoints, not every epoch.
+        if epoch == config["epochs"] - 1 or (epoch + 1) % config["checkpoint_every"] == 0:
+            if rank == 0:
+                with tempfile.TemporaryDirectory() as tmp:
+                    save_checkpoint(tmp, core, space, {"epoch": epoch, **config["meta"]})
+                    ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+            else:
+                ray.train.report(metrics)
+
+
+def fit(
+    train_ds,
+    space: ItemSpace,
+    params: SASRecParams,
+    tcfg: TrainingConfig,
+    *,
+    storage_path: str,
+    run_name: str,
+    init_state: dict | None = None,
+    window_start: int = 0,
+    epochs: int | None = None,
+    meta: dict | None = None,
+) -> FitResult:
+    """Train on ``train_ds`` (``SEQUENCE_COLUMNS`` of training_sequences rows) with a TorchTrainer.
+
+    Needs ``ray.init()`` done. On a node whose CPUs all go to training workers, pass a materialized dataset with no
+    pending operators: Ray Data gets no CPU there to run them.
+    """
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    n_epochs = epochs or tcfg.epochs
+    config = {
+        "space_ref": ray.put(space),
+        "init_ref": ray.put(init_state) if init_state is not None else None,
+        "params": params.to_dict(),
+        "seed": tcfg.seed,
+        "lr": tcfg.lr,
+        "weight_decay": tcfg.weight_decay,
+        "batch_size": tcfg.batch_size,
+        "epochs": n_epochs,
+        "loss": tcfg.loss,
+        "num_negatives": tcfg.num_negatives,
+        "mixed_precision": tcfg.mixed_precision,
+        "window_start": int(window_start),
+        "checkpoint_every": max(n_epochs, 1),
+        "torch_threads": max(int(tcfg.cpus_per_worker), 1) if not tcfg.use_gpu else 0,
+        "meta": meta or {},
+    }
+    resources = {"CPU": tcfg.cpus_per_worker}
+    if tcfg.use_gpu:
+        resources["GPU"] = 1
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=config,
+        scaling_config=ScalingConfig(num_workers=tcfg.num_workers, use_gpu=tcfg.use_gpu,
+                                     resources_per_worker=resources),
+        run_config=RunConfig(
+            name=run_name,
+            storage_path=storage_path,
+            checkpoint_config=CheckpointConfig(num_to_keep=1),
+            failure_config=FailureConfig(max_failures=1),
+        ),
+        datasets={"train": train_ds},
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"training run {run_name} reported no checkpoint")
+    return FitResult(checkpoint=result.checkpoint, metrics=dict(result.metrics or {}))
