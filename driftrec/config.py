@@ -149,6 +149,8 @@ class MigrationConfig(_Section):
     # Markov scores: how many recent items feed the item-level term, and its weight against the category term.
     recent_items: int = Field(default=3, ge=1)
     item_term_weight: float = Field(default=0.5, ge=0, le=1)
+    # A backfill stages this many nights in memory per Delta commit of each table (a nightly run is one night).
+    commit_every_nights: int = Field(default=31, ge=1)
 
 
 class EmbeddingsConfig(_Section):

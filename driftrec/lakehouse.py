@@ -100,11 +100,13 @@ def merge_upsert(
     *,
     update_when: str | None = None,
     target_filter: str | None = None,
-) -> MergeResult:
+    metrics: bool = True,
+) -> MergeResult | None:
     """MERGE ``df`` into the table on its key: insert new keys, update matched ones where ``update_when`` holds.
 
     ``target_filter`` (an SQL predicate on ``t``) narrows the target scan, e.g. to the partitions the batch
-    touches, so a night's MERGE does not read the whole history.
+    touches, so a night's MERGE does not read the whole history. ``metrics=False`` skips reading the commit's
+    row counts back (a history query) and returns ``None``.
     """
     if not spec.key:
         raise ValueError(f"table {spec.logical} has no key to MERGE on")
@@ -117,7 +119,7 @@ def merge_upsert(
     if update_when is not None:
         merge = merge.whenMatchedUpdateAll(condition=update_when)
     merge.whenNotMatchedInsertAll().execute()
-    return _merge_result(table)
+    return _merge_result(table) if metrics else None
 
 
 def append(spark: SparkSession, conf: Config, spec: TableSpec, df: DataFrame) -> None:
@@ -154,8 +156,9 @@ def restore_version(spark: SparkSession, conf: Config, spec: TableSpec, version:
 
 
 def replace_groups(
-    spark: SparkSession, conf: Config, spec: TableSpec, df: DataFrame, group_by: tuple[str, ...]
-) -> MergeResult:
+    spark: SparkSession, conf: Config, spec: TableSpec, df: DataFrame, group_by: tuple[str, ...], *,
+    metrics: bool = True,
+) -> MergeResult | None:
     """Make the table's rows for every group in ``df`` (e.g. one ``from_item``) exactly ``df``'s rows.
 
     One MERGE on the key: new rows are inserted, kept rows updated, and the group's old rows absent from ``df``
@@ -182,7 +185,7 @@ def replace_groups(
         .whenNotMatchedInsert(condition="NOT s._drop", values=values)
         .execute()
     )
-    return _merge_result(table)
+    return _merge_result(table) if metrics else None
 
 
 def read_table_at(spark: SparkSession, conf: Config, spec: TableSpec, version: int) -> DataFrame:

@@ -252,12 +252,16 @@ MIGRATION_RUNS = TableSpec(
     schema=T.StructType(
         [
             _f("ds", T.DateType(), False),
-            _f("state_versions", T.MapType(T.StringType(), T.LongType()), False, "state table versions before"),
-            _f("finished_at", T.TimestampType(), False),
+            _f("batch_id", T.StringType(), False, "nights committed together (one night, or a backfill chunk)"),
+            _f("batch_start", T.DateType(), False),
+            _f("batch_end", T.DateType(), False),
+            _f("status", T.StringType(), False, "started (logged before the batch's commits) | finished"),
+            _f("state_versions", T.MapType(T.StringType(), T.LongType()), False, "table versions before the batch"),
+            _f("logged_at", T.TimestampType(), False),
         ]
     ),
-    key=("ds",),
-    comment="Watermark of processed nights; a rerun restores the state versions recorded before that night.",
+    comment="Append-only log of migration batches: the watermark, and the versions a rerun or a recovery "
+    "restores. A batch with 'started' rows and no 'finished' ones was interrupted.",
 )
 
 MIGRATION_STATE_TABLES: tuple[TableSpec, ...] = (

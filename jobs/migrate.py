@@ -1,10 +1,13 @@
 """Nightly interest-migration job: ``events`` of one date + stored state -> transitions, interest, drift.
 
-One night D reads only D's ``events`` partition and the state tables (pinned at their versions before the
-night), and MERGEs what changed; ``user_drift`` gets its ``ds = D`` partition replaced. ``migration_runs`` is the
-watermark: it records, for each processed night, the versions of every migration table before that night, so
-rerunning the latest night first restores those versions and gives exactly the same tables, and a backfill that
-starts before the watermark rewinds to its first date. Needs those versions not vacuumed away.
+Nights run in batches: a nightly run is a batch of one night, a backfill is split into batches of
+``migration.commit_every_nights``. A batch reads only its dates' ``events`` partitions and the state tables pinned
+at their versions before the batch, stages each night's changes in memory (:mod:`driftrec.migration.state`), and
+commits once per table at the end. ``migration_runs`` is the watermark: it logs each batch's nights with the table
+versions before it, as 'started' before the commits and 'finished' after them. Rerunning a processed night restores
+the versions before its batch and recomputes from the batch's first night, which gives exactly the same tables; a
+batch interrupted between 'started' and 'finished' is rolled back the same way by the next run. Needs those versions
+not vacuumed away.
 
 Under spark-submit::
 
@@ -17,6 +20,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import sys
+import uuid
 from dataclasses import dataclass
 
 from pyspark.sql import DataFrame, SparkSession
@@ -28,6 +32,7 @@ from driftrec.config import Config
 from driftrec.jobargs import base_parser, config_from_args, parse_date
 from driftrec.migration import drift, fit, interest
 from driftrec.migration import transitions as tr
+from driftrec.migration.state import StagedState, date_range, materialise
 from driftrec.tables import (
     CATEGORY_TRANSITIONS,
     DRIFT_PARAMS,
@@ -41,13 +46,13 @@ from driftrec.tables import (
     USER_INTEREST,
     USER_LAST_EVENT,
     USER_TRANSITIONS,
-    TableSpec,
 )
 
 log = logging.getLogger("driftrec.migrate")
 
-# Tables a rerun or rewind restores; migration_runs itself is among them, so the watermark rewinds too.
+# Tables a rerun or a recovery restores; migration_runs itself is among them, so the watermark rewinds too.
 VERSIONED = MIGRATION_TABLES
+STARTED, FINISHED = "started", "finished"
 
 
 @dataclass(frozen=True)
@@ -68,17 +73,12 @@ class NightReport:
         )
 
 
-def _materialise(df: DataFrame) -> DataFrame:
-    """Compute once and cut the lineage: a night chains many transforms, and re-planning them is the real cost."""
-    return df.localCheckpoint(eager=True)
-
-
 class MigrationJob:
     def __init__(self, spark: SparkSession, conf: Config):
         self.spark = spark
         self.conf = conf
         self.m = conf.migration
-        self._ready = False  # migration tables ensured (once per job, not per night)
+        self._ready = False  # migration tables ensured (once per job, not per batch)
         if (self.m.pin_a is None) != (self.m.pin_b is None):
             raise ValueError("migration.pin_a and migration.pin_b must be set together")
         for a, b, what in ((self.m.pin_a, self.m.pin_b, "pin"), (self.m.default_a, self.m.default_b, "default")):
@@ -86,98 +86,139 @@ class MigrationJob:
                 raise ValueError(f"migration.{what}_a + migration.{what}_b must be <= 1, got {a + b}")
 
     # ---- watermark -------------------------------------------------------------------------------------------
-    def processed_dates(self) -> list[dt.date]:
+    def _log_rows(self) -> list:
+        """The batch log: two rows per processed night, so it grows with nights, never with users or events."""
         if not lakehouse.table_exists(self.spark, self.conf, MIGRATION_RUNS):
             return []
-        rows = lakehouse.read_table(self.spark, self.conf, MIGRATION_RUNS).select("ds").orderBy("ds").collect()
-        return [r["ds"] for r in rows]
+        return (
+            lakehouse.read_table(self.spark, self.conf, MIGRATION_RUNS)
+            .select("ds", "batch_id", "batch_start", "status", "state_versions")
+            .collect()
+        )
 
-    def _rewind_to(self, day: dt.date) -> None:
-        """Restore every migration table to its version before the first processed night >= ``day``."""
-        runs = lakehouse.read_table(self.spark, self.conf, MIGRATION_RUNS)
-        row = runs.where(F.col("ds") >= tr.date_lit(day)).orderBy("ds").select("ds", "state_versions").first()
-        if row is None:
-            return
-        log.info("rewinding migration tables to before %s", row["ds"])
+    def processed_dates(self) -> list[dt.date]:
+        return sorted({r["ds"] for r in self._log_rows() if r["status"] == FINISHED})
+
+    def _restore(self, versions: dict[str, int]) -> None:
         for spec in VERSIONED:
-            version = row["state_versions"].get(spec.logical)
+            version = versions.get(spec.logical)
             if version is not None:
                 lakehouse.restore_version(self.spark, self.conf, spec, int(version))
 
-    def run(self, day: dt.date) -> NightReport:
-        """Process night ``day``; a rerun of the latest night replaces it exactly."""
+    def _prepare(self, start: dt.date) -> dt.date:
+        """Roll back an interrupted batch, then every batch holding a night >= ``start``; the first night to compute."""
+        rows = self._log_rows()
+        finished = {r["batch_id"] for r in rows if r["status"] == FINISHED}
+        broken = [r for r in rows if r["status"] == STARTED and r["batch_id"] not in finished]
+        if broken:
+            first = min(broken, key=lambda r: r["ds"])
+            log.warning("the migration batch from %s was interrupted: restoring the tables to before it", first["ds"])
+            self._restore(first["state_versions"])
+            rows = self._log_rows()
+        later = [r for r in rows if r["status"] == FINISHED and r["ds"] >= start]
+        if not later:
+            return start
+        first = min(later, key=lambda r: (r["batch_start"], r["ds"]))
+        log.info("rewinding migration tables to before %s", first["batch_start"])
+        self._restore(first["state_versions"])
+        if first["batch_start"] < start:
+            log.info("recomputing from %s: the nights %s..%s were committed in one batch",
+                     first["batch_start"], first["batch_start"], start)
+        return min(start, first["batch_start"])
+
+    def run(self, day: dt.date) -> list[NightReport]:
+        """Process night ``day``. A rerun of the latest night replaces it exactly; nights missed since the watermark
+        are caught up first (their events would otherwise never be counted)."""
         done = self.processed_dates()
         if done and day < done[-1]:
             raise ValueError(
                 f"{day} is before the migration watermark {done[-1]}: rerun with backfill({day}, {done[-1]}) "
                 "so the later nights are recomputed on top of it"
             )
-        if done and day == done[-1]:
-            self._rewind_to(day)
-        return self._night(day)
+        start = day
+        if done and day > done[-1] + dt.timedelta(days=1):
+            start = done[-1] + dt.timedelta(days=1)
+            log.info("catching up the nights %s..%s since the watermark", start, day)
+        return self._batches(self._prepare(start), day)
 
     def backfill(self, start: dt.date, end: dt.date) -> list[NightReport]:
         """Every night from ``start`` to ``end`` inclusive, in order (empty days included: decay advances)."""
         if end < start:
             raise ValueError(f"backfill range is empty: {start} > {end}")
-        done = self.processed_dates()
-        if done and start <= done[-1]:
-            self._rewind_to(start)
-        reports = []
-        day = start
-        while day <= end:
-            reports.append(self._night(day))
-            day += dt.timedelta(days=1)
+        return self._batches(self._prepare(start), end)
+
+    # ---- batches ---------------------------------------------------------------------------------------------
+    def _batches(self, start: dt.date, end: dt.date) -> list[NightReport]:
+        days = date_range(start, end)
+        step = self.m.commit_every_nights
+        reports: list[NightReport] = []
+        for i in range(0, len(days), step):
+            reports += self._batch(days[i : i + step])
         return reports
 
-    # ---- one night -------------------------------------------------------------------------------------------
-    def _night(self, day: dt.date) -> NightReport:
-        spark, conf, m = self.spark, self.conf, self.m
+    def _batch(self, days: list[dt.date]) -> list[NightReport]:
+        spark, conf = self.spark, self.conf
         if not self._ready:
             lakehouse.ensure_tables(spark, conf, MIGRATION_TABLES)
             self._ready = True
         versions = {spec.logical: lakehouse.table_version(spark, conf, spec) for spec in VERSIONED}
+        state = StagedState(spark, conf, versions)
+        item_cats = materialise(item_categories(spark, conf))  # the catalogue as of the batch
+        reports = [self._night(day, state, item_cats) for day in days]
+        batch_id = uuid.uuid4().hex
+        self._log_batch(batch_id, days, versions, STARTED)
+        state.commit(days[0], days[-1])
+        self._log_batch(batch_id, days, versions, FINISHED)
+        return reports
 
-        def before(spec: TableSpec) -> DataFrame:
-            return lakehouse.read_table_at(spark, conf, spec, versions[spec.logical])
+    def _log_batch(self, batch_id: str, days: list[dt.date], versions: dict[str, int], status: str) -> None:
+        rows = [(d, batch_id, days[0], days[-1], status, versions) for d in days]
+        df = self.spark.createDataFrame(
+            rows,
+            "ds date, batch_id string, batch_start date, batch_end date, status string, "
+            "state_versions map<string, bigint>",
+        ).withColumn("logged_at", F.current_timestamp())
+        lakehouse.append(self.spark, self.conf, MIGRATION_RUNS, df)
 
-        events = _materialise(self._events(day))
+    # ---- one night -------------------------------------------------------------------------------------------
+    def _night(self, day: dt.date, state: StagedState, item_cats: DataFrame) -> NightReport:
+        spark, m = self.spark, self.m
+        events = materialise(self._events(day))
         n_events = events.count()
-        item_cats = _materialise(item_categories(spark, conf))
         active = events.select("user_id").distinct()
 
-        carried = before(USER_LAST_EVENT).join(active, "user_id", "left_semi")
-        pairs = _materialise(tr.transition_pairs(events, carried, m.gap_minutes))
+        carried = state.read(USER_LAST_EVENT).join(active, "user_id", "left_semi")
+        pairs = materialise(tr.transition_pairs(events, carried, m.gap_minutes))
 
         # Global category matrix: before the night (the prior's P_g and g) and after it (published).
-        old_global = before(CATEGORY_TRANSITIONS).withColumnRenamed("updated_through", "as_of")
-        categories = _materialise(
+        old_global = state.read(CATEGORY_TRANSITIONS).withColumnRenamed("updated_through", "as_of")
+        categories = materialise(
             item_cats.select("category").unionByName(old_global.select(F.col("from_cat").alias("category"))).distinct()
         )
-        cat_pairs = _materialise(tr.category_pairs(pairs, item_cats))
+        cat_pairs = materialise(tr.category_pairs(pairs, item_cats))
         keys_g = ["from_cat", "to_cat"]
-        pre_global = _materialise(tr.global_category_matrix(
+        pre_global = materialise(tr.global_category_matrix(
             tr.decay_merge(old_global, cat_pairs.limit(0).select(*keys_g, "n"), keys_g, day, m.half_life_days),
             categories,
             m.category_smoothing,
         ))
-        post_global = _materialise(tr.global_category_matrix(
+        post_global = materialise(tr.global_category_matrix(
             tr.decay_merge(old_global, cat_pairs.select(*keys_g, "n"), keys_g, day, m.half_life_days),
             categories,
             m.category_smoothing,
         ))
-        popularity = _materialise(tr.category_popularity(pre_global, m.category_smoothing))
+        popularity = materialise(tr.category_popularity(pre_global, m.category_smoothing))
 
         # Interest: the state before the night predicts the night's evidence (the fit), then absorbs it.
         evidence = tr.category_evidence(events, item_cats)
         movers = evidence.select("user_id").distinct()
         keys_u = ["user_id", "from_cat", "to_cat"]
-        old_user = before(USER_TRANSITIONS).withColumnRenamed("updated_through", "as_of")
+        old_user = state.read(USER_TRANSITIONS).withColumnRenamed("updated_through", "as_of")
         mover_counts = old_user.join(movers, "user_id", "left_semi").select(
             *keys_u, tr.decayed(F.col("count"), F.col("as_of"), day, m.half_life_days).alias("count")
         )
         previous = (
-            before(USER_INTEREST)
+            state.read(USER_INTEREST)
             .join(movers, "user_id", "left_semi")
             .select(
                 "user_id",
@@ -187,56 +228,45 @@ class MigrationJob:
                 tr.decayed(F.col("long_term_count"), F.col("as_of"), day, m.baseline_half_life_days).alias("lt_prev"),
             )
         )
-        frame = _materialise(interest.night_frame(
+        frame = materialise(interest.night_frame(
             movers, categories, previous, evidence, popularity, mover_counts, pre_global, m.shrinkage_strength
         ))
-        a, b, method, ll, ll_default, n_fit, n_users = self._drift_params(frame, day)
-        moved = _materialise(
+        a, b, method, ll, ll_default, n_fit, n_users = self._drift_params(frame, day, state)
+        moved = materialise(
             interest.updated_interest(frame, a, b, m.prior_strength)
             .withColumn("rt_new", F.col("rt_prev") + F.col("n"))
             .withColumn("lt_new", F.col("lt_prev") + F.col("n"))
         )
 
-        # ---- writes (inputs above are pinned to the versions before the night) ----
-        lakehouse.merge_upsert(
-            spark, conf, CATEGORY_TRANSITIONS,
-            post_global.withColumn("updated_through", tr.date_lit(day)), update_when="true",
-        )
+        # ---- staged writes: later nights of the batch read them, the batch commits them ----
+        state.upsert(CATEGORY_TRANSITIONS, post_global.withColumn("updated_through", tr.date_lit(day)))
         user_delta = cat_pairs.select(*keys_u, "n")
         user_rows = tr.decay_merge(
             old_user.join(user_delta.select("user_id").distinct(), "user_id", "left_semi"),
             user_delta, keys_u, day, m.half_life_days,
         )
-        lakehouse.merge_upsert(
-            spark, conf, USER_TRANSITIONS,
+        state.upsert(
+            USER_TRANSITIONS,
             tr.shrunk_user_rows(user_rows, post_global, m.shrinkage_strength)
             .withColumn("updated_through", tr.date_lit(day)),
-            update_when="true",
         )
-        self._item_tables(day, events, pairs, before)
-        lakehouse.merge_upsert(
-            spark, conf, USER_INTEREST,
+        self._item_tables(day, events, pairs, state)
+        state.upsert(
+            USER_INTEREST,
             moved.select("user_id", "category", F.col("p_new").alias("p"), F.col("rt_new").alias("recent_count"),
                          F.col("lt_new").alias("long_term_count"), tr.date_lit(day).alias("as_of")),
-            update_when="true",
         )
-        lakehouse.merge_upsert(spark, conf, USER_LAST_EVENT, tr.last_events(events), update_when="true")
-        lakehouse.replace_where(
-            spark, conf, USER_DRIFT,
+        state.upsert(USER_LAST_EVENT, tr.last_events(events))
+        state.replace_dates(
+            USER_DRIFT,
             drift.user_drift(moved, m.drift_smoothing, m.drift_threshold).withColumn("ds", tr.date_lit(day)),
-            f"ds = '{day.isoformat()}'",
         )
-        now = F.current_timestamp()
         params = spark.createDataFrame(
             [(day, a, b, method, ll, ll_default, n_events, float(n_fit), n_users)],
             "ds date, a double, b double, method string, log_likelihood double, log_likelihood_default double, "
             "n_events long, n_fit_events double, n_users long",
-        ).withColumn("finished_at", now)
-        lakehouse.merge_upsert(spark, conf, DRIFT_PARAMS, params, update_when="true")
-        run_row = spark.createDataFrame(
-            [(day, versions)], "ds date, state_versions map<string, bigint>"
-        ).withColumn("finished_at", now)
-        lakehouse.merge_upsert(spark, conf, MIGRATION_RUNS, run_row, update_when="true")
+        ).withColumn("finished_at", F.current_timestamp())
+        state.replace_dates(DRIFT_PARAMS, params)
 
         report = NightReport(day, n_events, n_users, a, b, method, ll)
         log.info(report.summary())
@@ -251,7 +281,7 @@ class MigrationJob:
             .select(*tr.EVENT_COLS)
         )
 
-    def _drift_params(self, frame: DataFrame, day: dt.date):
+    def _drift_params(self, frame: DataFrame, day: dt.date, state: StagedState):
         """``(a, b, method, loglik, loglik_at_default, n_fit, n_users)``: pinned, fitted, or carried from the last fit.
 
         The held-out cells are those of users with a stored interest: the night's events they had not shown yet.
@@ -274,7 +304,7 @@ class MigrationJob:
             if result is not None:
                 return result.a, result.b, "fitted", result.log_likelihood, ll_default, n_fit, n_users
         last = (
-            lakehouse.read_table(self.spark, self.conf, DRIFT_PARAMS)
+            state.read(DRIFT_PARAMS)
             .where((F.col("method") == "fitted") & (F.col("ds") < tr.date_lit(day)))
             .orderBy(F.col("ds").desc())
             .select("a", "b")
@@ -285,36 +315,34 @@ class MigrationJob:
         ll = fit.log_likelihood_at(held_out, last["a"], last["b"]) if n_fit else None
         return last["a"], last["b"], "carried", ll, ll_default, n_fit, n_users
 
-    def _item_tables(self, day: dt.date, events: DataFrame, pairs: DataFrame, before) -> None:
+    def _item_tables(self, day: dt.date, events: DataFrame, pairs: DataFrame, state: StagedState) -> None:
         """Item pair counts and popularity (state), then the pruned successor lists of the items that moved."""
-        spark, conf, m = self.spark, self.conf, self.m
+        m = self.m
         keys_i = ["from_item", "to_item"]
         delta = tr.item_pairs(pairs).groupBy(*keys_i).agg(F.sum("n").alias("n"))
-        old = before(ITEM_TRANSITION_COUNTS).join(delta.select(*keys_i), keys_i, "left_semi")
-        lakehouse.merge_upsert(
-            spark, conf, ITEM_TRANSITION_COUNTS,
+        old = state.read(ITEM_TRANSITION_COUNTS).join(delta.select(*keys_i), keys_i, "left_semi")
+        state.upsert(
+            ITEM_TRANSITION_COUNTS,
             tr.decay_merge(old, delta, keys_i, day, m.half_life_days).withColumn("as_of", tr.date_lit(day)),
-            update_when="true",
         )
         pop_delta = events.groupBy("item_id").agg(F.count(F.lit(1)).cast("double").alias("n"))
-        old_pop = before(ITEM_POPULARITY).join(pop_delta.select("item_id"), "item_id", "left_semi")
-        lakehouse.merge_upsert(
-            spark, conf, ITEM_POPULARITY,
+        old_pop = state.read(ITEM_POPULARITY).join(pop_delta.select("item_id"), "item_id", "left_semi")
+        state.upsert(
+            ITEM_POPULARITY,
             tr.decay_merge(old_pop, pop_delta, ["item_id"], day, m.half_life_days).withColumn("as_of", tr.date_lit(day)),
-            update_when="true",
         )
         touched = delta.select("from_item").distinct()
         counts = (
-            lakehouse.read_table(spark, conf, ITEM_TRANSITION_COUNTS)
+            state.read(ITEM_TRANSITION_COUNTS)
             .join(touched, "from_item", "left_semi")
             .select(*keys_i, tr.decayed(F.col("count"), F.col("as_of"), day, m.half_life_days).alias("count"))
         )
-        popularity = lakehouse.read_table(spark, conf, ITEM_POPULARITY).select(
+        popularity = state.read(ITEM_POPULARITY).select(
             "item_id", tr.decayed(F.col("count"), F.col("as_of"), day, m.half_life_days).alias("count")
         )
         successors = tr.item_successors(counts, popularity, m.item_smoothing, m.top_n_successors)
-        lakehouse.replace_groups(
-            spark, conf, ITEM_TRANSITIONS, successors.withColumn("updated_through", tr.date_lit(day)), ("from_item",)
+        state.replace_groups(
+            ITEM_TRANSITIONS, successors.withColumn("updated_through", tr.date_lit(day)), ("from_item",)
         )
 
 
@@ -327,7 +355,7 @@ def add_arguments(parser) -> None:
 def run_from_args(spark: SparkSession, conf: Config, args) -> list[NightReport]:
     job = MigrationJob(spark, conf)
     if args.date is not None:
-        return [job.run(args.date)]
+        return job.run(args.date)
     return job.backfill(args.start, args.end)
 
 

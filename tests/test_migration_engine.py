@@ -99,17 +99,13 @@ def _snapshot(spark, conf):
     out = {}
     for spec in MIGRATION_TABLES:
         df = lakehouse.read_table(spark, conf, spec)
-        df = df.drop(*[c for c in ("finished_at", "state_versions") if c in df.columns])
+        df = df.drop(*[c for c in ("finished_at", "logged_at", "batch_id", "state_versions") if c in df.columns])
         out[spec.logical] = sorted(tuple(r) for r in df.collect())
     return out
 
 
-@pytest.mark.skip(
-    reason="issue 3 still open: four nights plus a rerun cost ~20 min on a 2-core machine (per-night fixed cost "
-    "of Delta MERGEs and history calls); re-enable once that cost is cut"
-)
 @pytest.mark.slow
-def test_nightly_state_matches_scratch_and_rerun_is_idempotent(spark, tmp_path):
+def test_nightly_state_matches_scratch_and_rerun_is_idempotent(spark, tmp_path, monkeypatch):
     conf = make_conf(
         tmp_path / "lh",
         f"migration.half_life_days={HALF_LIFE}",
@@ -121,7 +117,7 @@ def test_nightly_state_matches_scratch_and_rerun_is_idempotent(spark, tmp_path):
     put_items(spark, conf, ITEMS_ROWS)
     put_events(spark, conf, _events())
     job = MigrationJob(spark, conf)
-    job.backfill(D[0], D[2])
+    job.backfill(D[0], D[2])  # one batch: three nights staged, one commit per table
 
     # Empty day D[2]: the global matrix is brought forward (decayed, still stochastic) and the night is logged.
     glob = lakehouse.read_table(spark, conf, CATEGORY_TRANSITIONS)
@@ -130,8 +126,9 @@ def test_nightly_state_matches_scratch_and_rerun_is_idempotent(spark, tmp_path):
     assert params[D[2]]["n_events"] == 0 and params[D[2]]["n_users"] == 0
     assert lakehouse.read_table(spark, conf, USER_DRIFT).where(F.col("ds") == D[2]).count() == 0
 
-    for day in D[3:]:
-        job.run(day)
+    assert job.processed_dates() == D[:3]
+    (night,) = job.run(D[3])  # a nightly run: its own batch, MERGEs only what D[3] touched
+    assert night.ds == D[3] and night.n_events == 9
 
     # Incremental nights == one recomputation from scratch, to 1e-9 relative, for every decayed count.
     events = lakehouse.read_table(spark, conf, EVENTS).select(*tr.EVENT_COLS)
@@ -187,8 +184,20 @@ def test_nightly_state_matches_scratch_and_rerun_is_idempotent(spark, tmp_path):
     d1 = lakehouse.read_table(spark, conf, USER_DRIFT).where((F.col("ds") == end) & (F.col("user_id") == 1)).first()
     assert d1["rising_category"] == "cooking" and d1["falling_category"] == "scifi" and d1["js_divergence"] > 0
 
-    # Rerunning the latest night gives the same tables; an older night is refused (backfill rewinds instead).
+    # Rerunning the latest night gives the same tables, also when the first rerun is killed between its commits
+    # (its 'started' batch is rolled back by the next run); an older night is refused (backfill rewinds instead).
     before = _snapshot(spark, conf)
+
+    def killed(*args, **kwargs):
+        raise RuntimeError("killed in the middle of the batch's commits")
+
+    monkeypatch.setattr(lakehouse, "replace_where", killed)
+    with pytest.raises(RuntimeError, match="killed"):
+        job.run(end)
+    monkeypatch.undo()
+    half = _snapshot(spark, conf)
+    assert half["migration_runs"] != before["migration_runs"]  # the interrupted batch left its 'started' rows
+    assert job.processed_dates() == D[:3]
     job.run(end)
     assert _snapshot(spark, conf) == before
     with pytest.raises(ValueError, match="watermark"):
