@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import logging
 import os
 import resource
 import time
@@ -90,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--events-per-user-day", type=float, default=2.0)
     ap.add_argument("--shuffle-partitions", type=int, default=8)
     ap.add_argument("--driver-memory", default="8g")
+    ap.add_argument("--commit-every", type=int, help="migration.commit_every_nights for the backfill")
     args = ap.parse_args(argv)
 
     out = Path(args.out).resolve()
@@ -104,9 +106,13 @@ def main(argv: list[str] | None = None) -> int:
         f'lakehouse.root="{out / "lakehouse"}"', 'lakehouse.database="bench_migration"',
         f"spark.shuffle_partitions={args.shuffle_partitions}", f'spark.driver_memory="{args.driver_memory}"',
         'spark.conf={"spark.databricks.delta.snapshotPartitions" = "4"}',
+        *([f"migration.commit_every_nights={args.commit_every}"] if args.commit_every else []),
     ])
     spark = build_spark(conf, app_name="bench-migration", local=True)
     spark.sparkContext.setLogLevel("ERROR")
+    # Each night's summary line (driftrec.migrate logs one per night), timestamped, as progress.
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    logging.getLogger("py4j").setLevel(logging.WARNING)
     if lakehouse.table_exists(spark, conf, EVENTS):
         n_events = lakehouse.read_table(spark, conf, EVENTS).count()
     else:
