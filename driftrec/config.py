@@ -60,6 +60,8 @@ class TablesConfig(_Section):
     drift_params: str = "drift_params"
     user_drift: str = "user_drift"
     migration_runs: str = "migration_runs"
+    # nightly top-k (jobs/topk.py)
+    recommendations: str = "recommendations"
 
 
 class SparkConfig(_Section):
@@ -151,6 +153,9 @@ class MigrationConfig(_Section):
     item_term_weight: float = Field(default=0.5, ge=0, le=1)
     # A backfill stages this many nights in memory per Delta commit of each table (a nightly run is one night).
     commit_every_nights: int = Field(default=31, ge=1)
+    # ... but a batch commits early once its nights hold this many events: on large nights carrying staged state
+    # costs more than a commit per night (measured: benchmarks/bench_migration.py).
+    stage_max_events: int = Field(default=50_000, ge=1)
 
 
 class EmbeddingsConfig(_Section):
@@ -201,6 +206,25 @@ class TrainingConfig(_Section):
     model_name: str = "sasrec"
 
 
+class TopKConfig(_Section):
+    """Nightly top-k: who is scored, how model and migration scores blend, what is excluded."""
+
+    k: int = Field(default=20, ge=1)
+    lookback_days: int = Field(default=30, ge=1)  # users with events in the last N days (ending on the date)
+    all_users: bool = False  # every user with any event up to the date, not only the recently active
+    # Weight of the migration engine's p(u,i,t+1) in the final score; the model's softmax gets the rest.
+    blend_weight: float = Field(default=0.5, ge=0, le=1)
+    exclude_consumed: bool = True
+    users_per_batch: int = Field(default=256, ge=1)  # users scored together as one matrix product
+    partitions: int = Field(default=0, ge=0)  # scoring tasks; 0 = spark.default.parallelism
+    torch_threads: int = Field(default=1, ge=1)  # per Python worker (Spark already runs one task per core)
+    rising_margin: float = Field(default=0.05, ge=0)  # recent-over-long-term share that reads as "rising"
+    model_version: int | None = None  # serve this registry version instead of the current one
+    # Delta table (path) of users to score as well, e.g. sign-ups: user_id bigint, categories array<string>
+    # (declared interests, may be empty). Those without history get popular items inside their categories.
+    extra_users: str = ""
+
+
 class Config(_Section):
     lakehouse: LakehouseConfig = Field(default_factory=LakehouseConfig)
     tables: TablesConfig = Field(default_factory=TablesConfig)
@@ -210,6 +234,7 @@ class Config(_Section):
     embeddings: EmbeddingsConfig = Field(default_factory=EmbeddingsConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     migration: MigrationConfig = Field(default_factory=MigrationConfig)
+    topk: TopKConfig = Field(default_factory=TopKConfig)
 
     def table_path(self, logical: str) -> str:
         """Filesystem location of a table, by its logical name (e.g. ``"events"``)."""

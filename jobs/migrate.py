@@ -1,7 +1,7 @@
 """Nightly interest-migration job: ``events`` of one date + stored state -> transitions, interest, drift.
 
 Nights run in batches: a nightly run is a batch of one night, a backfill is split into batches of
-``migration.commit_every_nights``. A batch reads only its dates' ``events`` partitions and the state tables pinned
+``migration.commit_every_nights`` (fewer when they reach ``migration.stage_max_events``). A batch reads only its dates' ``events`` partitions and the state tables pinned
 at their versions before the batch, stages each night's changes in memory (:mod:`driftrec.migration.state`), and
 commits once per table at the end. ``migration_runs`` is the watermark: it logs each batch's nights with the table
 versions before it, as 'started' before the commits and 'finished' after them. Rerunning a processed night restores
@@ -150,13 +150,15 @@ class MigrationJob:
     # ---- batches ---------------------------------------------------------------------------------------------
     def _batches(self, start: dt.date, end: dt.date) -> list[NightReport]:
         days = date_range(start, end)
-        step = self.m.commit_every_nights
         reports: list[NightReport] = []
-        for i in range(0, len(days), step):
-            reports += self._batch(days[i : i + step])
+        while len(reports) < len(days):
+            reports += self._batch(days[len(reports) : len(reports) + self.m.commit_every_nights])
         return reports
 
     def _batch(self, days: list[dt.date]) -> list[NightReport]:
+        """Run ``days`` in order, staged, and commit them; stops early (committing the nights done) once the batch
+        holds ``migration.stage_max_events``: staged state is re-read by every later night, so on large nights a
+        commit per night is cheaper than carrying it."""
         spark, conf = self.spark, self.conf
         if not self._ready:
             lakehouse.ensure_tables(spark, conf, MIGRATION_TABLES)
@@ -164,11 +166,16 @@ class MigrationJob:
         versions = {spec.logical: lakehouse.table_version(spark, conf, spec) for spec in VERSIONED}
         state = StagedState(spark, conf, versions)
         item_cats = materialise(item_categories(spark, conf))  # the catalogue as of the batch
-        reports = [self._night(day, state, item_cats) for day in days]
+        reports: list[NightReport] = []
+        for day in days:
+            reports.append(self._night(day, state, item_cats))
+            if sum(r.n_events for r in reports) >= self.m.stage_max_events:
+                break
+        done = [r.ds for r in reports]
         batch_id = uuid.uuid4().hex
-        self._log_batch(batch_id, days, versions, STARTED)
-        state.commit(days[0], days[-1])
-        self._log_batch(batch_id, days, versions, FINISHED)
+        self._log_batch(batch_id, done, versions, STARTED)
+        state.commit(done[0], done[-1])
+        self._log_batch(batch_id, done, versions, FINISHED)
         return reports
 
     def _log_batch(self, batch_id: str, days: list[dt.date], versions: dict[str, int], status: str) -> None:

@@ -37,6 +37,7 @@ class StagedState:
 
     def __init__(self, spark: SparkSession, conf: Config, versions: dict[str, int]):
         self.spark, self.conf, self.versions = spark, conf, dict(versions)
+        self._base: dict[str, DataFrame] = {}  # pinned reads: resolving a Delta snapshot costs a log replay
         self._specs: dict[str, TableSpec] = {}
         self._rows: dict[str, DataFrame] = {}  # staged rows per table
         self._by: dict[str, list[str]] = {}  # columns a staged row replaces the stored rows by
@@ -51,7 +52,11 @@ class StagedState:
 
     def read(self, spec: TableSpec) -> DataFrame:
         """The table as the batch has left it so far."""
-        df = lakehouse.read_table_at(self.spark, self.conf, spec, self.versions[spec.logical])
+        df = self._base.get(spec.logical)
+        if df is None:
+            df = self._base[spec.logical] = lakehouse.read_table_at(
+                self.spark, self.conf, spec, self.versions[spec.logical]
+            )
         if spec.logical in self._rows:
             df = _overlay(df, self._staged(spec.logical), self._by[spec.logical])
         return df
@@ -91,7 +96,7 @@ class StagedState:
                 lakehouse.replace_where(
                     self.spark, self.conf, spec, rows, f"ds >= '{start.isoformat()}' AND ds <= '{end.isoformat()}'"
                 )
-        for d in (self._specs, self._rows, self._by, self._kind):
+        for d in (self._base, self._specs, self._rows, self._by, self._kind):
             d.clear()
         self._dirty.clear()
 
