@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from driftrec.config import ConfigError
-from driftrec.jobargs import add_config_flags, config_from_args
+from driftrec.jobargs import add_config_flags, config_from_args, parse_date
 
 
 def _spark(conf, app: str):
@@ -44,8 +44,32 @@ def cmd_migrate(args) -> int:
     return 0
 
 
-def _demo_migration(spark, conf, nights: int) -> None:
-    """Backfill the migration engine over the last ``nights`` days that have events."""
+def cmd_embed_items(args) -> int:
+    from jobs.embed_items import EmbedItemsJob
+
+    conf = config_from_args(args)
+    print(EmbedItemsJob(_spark(conf, "driftrec-embed-items"), conf).run().summary())
+    return 0
+
+
+def cmd_train(args) -> int:
+    from jobs.train import TrainJob
+
+    conf = config_from_args(args)
+    print(TrainJob(_spark(conf, "driftrec-train"), conf).run(args.date).summary())
+    return 0
+
+
+def cmd_topk(args) -> int:
+    from jobs.topk import TopKJob
+
+    conf = config_from_args(args)
+    print(TopKJob(_spark(conf, "driftrec-topk"), conf).run(args.date).summary())
+    return 0
+
+
+def _demo_migration(spark, conf, nights: int):
+    """Backfill the migration engine over the last ``nights`` days that have events; returns the last date."""
     import datetime as dt
 
     from pyspark.sql import functions as F
@@ -59,6 +83,7 @@ def _demo_migration(spark, conf, nights: int) -> None:
     print(f"migration backfill {start} .. {last}")
     reports = MigrationJob(spark, conf).backfill(start, last)
     print(reports[-1].summary())
+    return last
 
 
 def cmd_generate(args) -> int:
@@ -101,12 +126,27 @@ def cmd_demo(args) -> int:
     print(job.run(sources).summary())
 
     _banner("interest migration")
-    _demo_migration(spark, conf, args.nights)
+    last = _demo_migration(spark, conf, args.nights)
+
+    from jobs.embed_items import EmbedItemsJob
+    from jobs.train import TrainJob
+
+    _banner(f"item text embeddings ({conf.embeddings.model})")
+    print(EmbedItemsJob(spark, conf).run().summary())
+
+    _banner(f"training (Ray Train, {conf.training.num_workers} worker(s)), through {last}")
+    print(TrainJob(spark, conf).run(last).summary())
+
+    from jobs.topk import TopKJob
+
+    _banner(f"top-k recommendations for {last}")
+    print(TopKJob(spark, conf).run(last).summary())
 
     _banner("done")
     root = Path(conf.lakehouse.root).resolve()
     print(f"lakehouse: {root}  ({time.time() - started:.0f}s)")
-    for logical in ("events", "items", "quarantine", "user_interest", "user_drift", "item_transitions"):
+    for logical in ("events", "items", "quarantine", "user_interest", "user_drift", "item_transitions",
+                    "item_text_embeddings", "model_registry", "recommendations"):
         print(f"  {conf.table_name(logical):<28} {conf.table_path(logical)}")
     db = conf.lakehouse.database
     query = (
@@ -116,6 +156,13 @@ def cmd_demo(args) -> int:
     print("\nsample query (where are migrating users moving?):")
     print(f'  driftrec sql --lakehouse {root} "{query}"')
     spark.sql(query).show(10, truncate=False)
+    sample = (
+        f"SELECT r.user_id, r.rank, i.title, round(r.score, 4) AS score, r.reason FROM {db}.recommendations r "
+        f"JOIN {db}.items i USING (item_id) WHERE r.ds = DATE'{last}' AND r.rank <= 3 ORDER BY r.user_id, r.rank"
+    )
+    print("sample of tonight's recommendations, with reasons:")
+    print(f'  driftrec sql --lakehouse {root} "{sample}"')
+    spark.sql(sample).show(12, truncate=False)
     return 0
 
 
@@ -139,6 +186,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     migrate_args(p)
     p.set_defaults(func=cmd_migrate)
+
+    p = sub.add_parser("embed-items", help="encode new or changed items' text with the pretrained sentence encoder")
+    add_config_flags(p)
+    p.set_defaults(func=cmd_embed_items)
+
+    p = sub.add_parser("train", help="train the sequential recommender (Ray Train) and gate it in the registry")
+    add_config_flags(p)
+    p.add_argument("--date", type=parse_date, required=True, help="trained-through date (YYYY-MM-DD)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("topk", help="nightly top-k: score active users, blend with migration, write recommendations")
+    add_config_flags(p)
+    p.add_argument("--date", type=parse_date, required=True, help="the night to score (YYYY-MM-DD)")
+    p.set_defaults(func=cmd_topk)
 
     p = sub.add_parser("ingest", help="ingest events and an item catalogue")
     add_config_flags(p)

@@ -357,3 +357,26 @@ def conform(df: DataFrame, spec: TableSpec) -> DataFrame:
     if missing:
         raise ValueError(f"cannot write {spec.logical}: missing column(s) {missing}")
     return df.select([F.col(f.name).cast(f.dataType).alias(f.name) for f in spec.schema.fields])
+
+
+# --- nightly top-k (issue 5) ---
+
+RECOMMENDATIONS = TableSpec(
+    logical="recommendations",
+    schema=T.StructType(
+        [
+            _f("ds", T.DateType(), False, "the night the list was computed for; partition column"),
+            _f("user_id", T.LongType(), False),
+            _f("rank", T.IntegerType(), False, "1 = best"),
+            _f("item_id", T.LongType(), False),
+            _f("score", T.DoubleType(), False, "(1 - blend) * model probability + blend * migration p(u,i,t+1)"),
+            _f("model_version", T.LongType(), False, "model_registry version that scored the night"),
+            _f("reason", T.StringType(), False, "short human-readable explanation from the migration engine"),
+        ]
+    ),
+    partition_by=("ds",),
+    key=("ds", "user_id", "rank"),
+    comment="Each night's top-k per user; a rerun of a night replaces exactly that night (replaceWhere ds).",
+)
+
+ALL_TABLES += (RECOMMENDATIONS,)

@@ -46,17 +46,20 @@ def _collect(df: DataFrame, keys: list[str]) -> DataFrame:
 
 
 def user_interest_arrays(interest: DataFrame | None, ds: dt.date) -> DataFrame | None:
-    """``user_interest(user_id, category, p, as_of)`` -> one row per user with category and p arrays (by name)."""
+    """``user_interest(user_id, category, p, as_of)`` -> one row per user: category and p arrays (by name) and
+    ``interest_as_of``, the night the state was last moved (``ds`` when the table has no ``as_of``)."""
     if interest is None:
         return None
     _require(interest, ("user_id", "category", "p"), "user_interest")
-    if "as_of" in interest.columns:
-        interest = interest.where(F.col("as_of") <= F.lit(ds))
+    if "as_of" not in interest.columns:
+        interest = interest.withColumn("as_of", F.lit(ds).cast("date"))
+    interest = interest.where(F.col("as_of") <= F.lit(ds))
     pairs = F.array_sort(F.collect_list(F.struct(F.col("category"), F.col("p").cast("float").alias("p"))))
-    return interest.groupBy("user_id").agg(pairs.alias("pairs")).select(
+    return interest.groupBy("user_id").agg(pairs.alias("pairs"), F.max("as_of").alias("interest_as_of")).select(
         "user_id",
         F.transform("pairs", lambda x: x["category"]).alias("interest_categories"),
         F.transform("pairs", lambda x: x["p"]).alias("interest_p"),
+        "interest_as_of",
     )
 
 
@@ -90,9 +93,14 @@ def build_sequences(
     arrays = user_interest_arrays(interest, ds)
     empty_s, empty_f = F.array().cast("array<string>"), F.array().cast("array<float>")
     if arrays is not None:
+        # Point in time: the state is current (it has absorbed the user's latest nights), so a sequence gets it
+        # only when its last target falls after the night the state was moved; otherwise the feature would hold
+        # the very events the sequence predicts (the held-out one included).
         rows = rows.join(arrays, "user_id", "left")
-        cats = F.coalesce(F.col("interest_categories"), empty_s)
-        ps = F.coalesce(F.col("interest_p"), empty_f)
+        target_day = F.to_date(F.timestamp_seconds(F.element_at("event_ts", -1)))
+        usable = F.col("interest_as_of").isNotNull() & (F.col("interest_as_of") < target_day)
+        cats = F.when(usable, F.col("interest_categories")).otherwise(empty_s)
+        ps = F.when(usable, F.col("interest_p")).otherwise(empty_f)
     else:
         cats, ps = empty_s, empty_f
     return rows.select(

@@ -32,7 +32,7 @@ from driftrec.jobargs import base_parser, config_from_args, parse_date
 from driftrec.models.batches import ItemSpace, extend_space, valid_batch
 from driftrec.models.evaluation import hit_rate_at_k, ndcg_at_k, popularity_scores, target_ranks
 from driftrec.models.sasrec import SASRec, SASRecParams
-from driftrec.tables import EVENTS, ITEM_TEXT_EMBEDDINGS, ITEMS, TRAINING_SEQUENCES
+from driftrec.tables import EVENTS, TRAINING_SEQUENCES
 
 log = logging.getLogger("driftrec.train")
 
@@ -110,21 +110,9 @@ class TrainJob:
         return self.spark.read.format("delta").load(path)
 
     def _side_info(self, events: DataFrame) -> pd.DataFrame:
-        from driftrec.categories import item_categories
-        from driftrec.training_data import item_side_info
+        from driftrec.serving import catalogue_side_info
 
-        spark, conf = self.spark, self.conf
-        if lakehouse.table_exists(spark, conf, ITEMS):
-            items = lakehouse.read_table(spark, conf, ITEMS).select("item_id")
-        else:
-            items = spark.createDataFrame([], "item_id bigint")
-        emb = None
-        if conf.training.use_text and lakehouse.table_exists(spark, conf, ITEM_TEXT_EMBEDDINGS):
-            emb = lakehouse.read_table(spark, conf, ITEM_TEXT_EMBEDDINGS).where(
-                F.col("model") == conf.embeddings.model
-            )
-        side = item_side_info(items, events.select("item_id"), item_categories(spark, conf), emb)
-        return side.toPandas()
+        return catalogue_side_info(self.spark, self.conf, events, self.conf.training.use_text)
 
     def _write_sequences(self, events: DataFrame, ds: dt.date) -> list[str]:
         """Write tonight's sequences and return the Parquet files of that partition at the pinned version."""
@@ -164,6 +152,7 @@ class TrainJob:
         import ray
 
         from driftrec.models.checkpoint import load_checkpoint
+        from driftrec.serving import grow_to_catalogue, text_dim_of
         from driftrec.training_data import training_popularity
         from ray_trainers import sasrec_trainer
 
@@ -173,8 +162,7 @@ class TrainJob:
         if not files:
             raise RuntimeError(f"no training sequences for {ds}: no events on or before it?")
         side = self._side_info(events)
-        dims = {len(e) for e in side["embedding"] if e is not None}
-        text_dim = max(dims) if dims else 1
+        text_dim = text_dim_of(side)
 
         cur = registry.current(spark, conf, t.model_name) if t.warm_start else None
         init_model, parent, reason_cold = None, None, ""
@@ -182,10 +170,8 @@ class TrainJob:
             old, old_space, _ = load_checkpoint(cur["checkpoint"])
             same_arch = all(getattr(old.p, k) == getattr(t, k) for k in _ARCHITECTURE)
             if same_arch and old.p.text_dim == text_dim:
-                space = extend_space(old_space.item_ids, old_space.categories, side, text_dim)
                 cur_items = old_space.n_items
-                init_model = old.grow(space.n_items, len(space.categories))
-                init_model.set_side_info(space.text, space.has_text, space.item_category)
+                init_model, space = grow_to_catalogue(old, old_space, side)
                 parent = int(cur["version"])
             else:
                 reason_cold = "architecture or text model changed since the current model; cold start"

@@ -13,6 +13,7 @@ from __future__ import annotations
 import tempfile
 import time
 from dataclasses import dataclass
+
 import numpy as np
 
 from driftrec.config import TrainingConfig
@@ -28,25 +29,15 @@ class FitResult:
     metrics: dict
 
 
-def _all_min(value: int, world: int) -> int:
-    if world == 1:
-        return value
-    import torch
-    import torch.distributed as dist
-
-    t = torch.tensor([value], dtype=torch.long)
-    dist.all_reduce(t, op=dist.ReduceOp.MIN)
-    return int(t.item())
-
-
-def _all_sum(value: float, world: int) -> float:
+def _all_reduce(value: float, world: int, op: str) -> float:
+    """``value`` reduced over the worker group (``op``: "MIN" or "SUM"); a plain pass-through for one worker."""
     if world == 1:
         return value
     import torch
     import torch.distributed as dist
 
     t = torch.tensor([value], dtype=torch.float64)
-    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    dist.all_reduce(t, op=getattr(dist.ReduceOp, op))
     return float(t.item())
 
 
@@ -102,7 +93,7 @@ def train_loop_per_worker(config: dict) -> None:
         while True:
             pdf = next(batches, None)
             # Every rank must take the same number of steps, or DDP's all-reduce waits forever.
-            if _all_min(0 if pdf is None or len(pdf) == 0 else 1, world) == 0:
+            if _all_reduce(0 if pdf is None or len(pdf) == 0 else 1, world, "MIN") == 0:
                 break
             b = train_batch(pdf, index, cindex, n_cats, max_len, config["window_start"])
             t = {k: torch.as_tensor(v).to(device) for k, v in b.items()}
@@ -115,8 +106,8 @@ def train_loop_per_worker(config: dict) -> None:
             loss_sum += float(loss.detach())
             steps += 1
         elapsed = time.perf_counter() - t0
-        total_positions = _all_sum(positions, world)
-        rates.append(total_positions / max(_all_sum(elapsed, world) / world, 1e-9))
+        total_positions = _all_reduce(positions, world, "SUM")
+        rates.append(total_positions / max(_all_reduce(elapsed, world, "SUM") / world, 1e-9))
         metrics = {
             "epoch": epoch,
             "loss": loss_sum / max(steps, 1),

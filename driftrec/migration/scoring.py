@@ -17,7 +17,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from driftrec import lakehouse
@@ -118,46 +118,8 @@ def markov_scores(
     )
 
     # Category term: predicted next-step interest q_u times popularity inside the category.
-    mc = mconf
-    g = tr.category_popularity(state.global_matrix, mc.category_smoothing)
-    cats = g.select("category")
-    user_interest = state.interest.join(users, "user_id", "left_semi")
-    known = user_interest.select("user_id").distinct().withColumn("known", F.lit(True))
-    dense = (
-        users.crossJoin(cats)
-        .join(user_interest, ["user_id", "category"], "left")
-        .join(known, "user_id", "left")
-        .join(F.broadcast(g), "category")
-        .select(
-            "user_id", "category", "g",
-            F.when(F.col("known").isNull(), F.col("g")).otherwise(F.coalesce(F.col("p"), F.lit(0.0))).alias("p"),
-            F.coalesce(F.col("recent_count"), F.lit(0.0)).alias("rt"),
-            F.coalesce(F.col("long_term_count"), F.lit(0.0)).alias("lt"),
-        )
-    )
-    mig = interest.migration_term(
-        dense.select("user_id", "category", "p"),
-        state.user_counts.join(users, "user_id", "left_semi"),
-        state.global_matrix,
-        mc.shrinkage_strength,
-    )
-    per_user = Window.partitionBy("user_id").rowsBetween(Window.unboundedPreceding, Window.unboundedFollowing)
-    q = (
-        dense.join(mig, ["user_id", "category"], "left")
-        .withColumn("m", F.coalesce(F.col("m"), F.lit(0.0)))
-        .select(
-            "user_id", "category",
-            interest.prior_column(state.a, state.b).alias("q"),
-            (drift.profile(F.col("rt"), F.col("g"), mc.drift_smoothing, F.sum("rt").over(per_user))
-             - drift.profile(F.col("lt"), F.col("g"), mc.drift_smoothing, F.sum("lt").over(per_user))).alias("rise"),
-        )
-    )
-    in_cat = Window.partitionBy("category").rowsBetween(Window.unboundedPreceding, Window.unboundedFollowing)
-    pop_in_cat = (
-        state.item_cats.join(state.item_popularity, "item_id", "left")
-        .withColumn("c", F.col("share") * (F.coalesce(F.col("count"), F.lit(0.0)) + F.lit(1.0)))
-        .select("item_id", "category", (F.col("c") / F.sum("c").over(in_cat)).alias("pic"))
-    )
+    q = predicted_interest(users, state, mconf)
+    pop_in_cat = category_item_probs(state, mconf)
     top_cat = Window.partitionBy("user_id", "item_id").orderBy(F.col("contrib").desc(), F.col("category"))
     via_cats = (
         candidates.select("user_id", "item_id")
@@ -192,16 +154,80 @@ def markov_scores(
         )
     )
     score = F.col("w") * F.col("item_term") + (F.lit(1.0) - F.col("w")) * F.col("cat_term")
-    reason = (
+    kind = (
         F.when(
             F.col("via_item").isNotNull()
             & (F.col("w") * F.col("item_term") >= (F.lit(1.0) - F.col("w")) * F.col("cat_term")),
-            F.concat(F.lit("people who watched "),
-                     F.coalesce(F.col("via_title"), F.concat(F.lit("item "), F.col("via_item").cast("string"))),
-                     F.lit(" next watched this")),
+            F.lit("successor"),
         )
-        .when(F.col("rise") > RISING_MARGIN, F.concat(F.lit("your interest in "), F.col("via_cat"), F.lit(" is rising")))
-        .when(F.col("via_cat").isNotNull(), F.concat(F.lit("you often watch "), F.col("via_cat")))
+        .when(F.col("rise") > RISING_MARGIN, F.lit("rising"))
+        .when(F.col("via_cat").isNotNull(), F.lit("category"))
         .otherwise(F.lit("popular"))
     )
+    reason = reason_text(kind, F.col("via_item"), F.col("via_title"), F.col("via_cat"))
     return scored.select("user_id", "item_id", score.alias("score"), reason.alias("reason"))
+
+
+def reason_text(kind: Column, via_item: Column, via_title: Column, via_cat: Column) -> Column:
+    """The sentence for a reason kind: successor | rising | category | popular_in (cold start) | popular."""
+    title = F.coalesce(via_title, F.concat(F.lit("item "), via_item.cast("string")))
+    return (
+        F.when(kind == "successor", F.concat(F.lit("people who watched "), title, F.lit(" next watched this")))
+        .when(kind == "rising", F.concat(F.lit("your interest in "), via_cat, F.lit(" is rising")))
+        .when(kind == "category", F.concat(F.lit("you often watch "), via_cat))
+        .when(kind == "popular_in", F.concat(F.lit("popular in "), via_cat))
+        .otherwise(F.lit("popular right now"))
+    )
+
+
+def predicted_interest(users: DataFrame, state: MarkovState, mconf: MigrationConfig) -> DataFrame:
+    """``(user_id, category, q, rise)`` for ``users(user_id)``, dense over the categories.
+
+    ``q = a*p + b*p.P_u + (1-a-b)*g`` is the predicted next-step interest (``g`` for a user without state);
+    ``rise`` is the recent profile minus the long-term one, which the reasons use.
+    """
+    mc = mconf
+    g = tr.category_popularity(state.global_matrix, mc.category_smoothing)
+    cats = g.select("category")
+    user_interest = state.interest.join(users, "user_id", "left_semi")
+    known = user_interest.select("user_id").distinct().withColumn("known", F.lit(True))
+    dense = (
+        users.crossJoin(cats)
+        .join(user_interest, ["user_id", "category"], "left")
+        .join(known, "user_id", "left")
+        .join(F.broadcast(g), "category")
+        .select(
+            "user_id", "category", "g",
+            F.when(F.col("known").isNull(), F.col("g")).otherwise(F.coalesce(F.col("p"), F.lit(0.0))).alias("p"),
+            F.coalesce(F.col("recent_count"), F.lit(0.0)).alias("rt"),
+            F.coalesce(F.col("long_term_count"), F.lit(0.0)).alias("lt"),
+        )
+    )
+    mig = interest.migration_term(
+        dense.select("user_id", "category", "p"),
+        state.user_counts.join(users, "user_id", "left_semi"),
+        state.global_matrix,
+        mc.shrinkage_strength,
+    )
+    per_user = Window.partitionBy("user_id").rowsBetween(Window.unboundedPreceding, Window.unboundedFollowing)
+    return (
+        dense.join(mig, ["user_id", "category"], "left")
+        .withColumn("m", F.coalesce(F.col("m"), F.lit(0.0)))
+        .select(
+            "user_id", "category",
+            interest.prior_column(state.a, state.b).alias("q"),
+            (drift.profile(F.col("rt"), F.col("g"), mc.drift_smoothing, F.sum("rt").over(per_user))
+             - drift.profile(F.col("lt"), F.col("g"), mc.drift_smoothing, F.sum("lt").over(per_user))).alias("rise"),
+        )
+    )
+
+
+def category_item_probs(state: MarkovState, mconf: MigrationConfig) -> DataFrame:
+    """``(item_id, category, pic)``: ``P(i | c)`` ∝ ``share_i(c) * (decayed events of i + 1)``, summing to 1 per
+    category. The +1 gives an item without events (a cold-start item) its share of its categories."""
+    in_cat = Window.partitionBy("category").rowsBetween(Window.unboundedPreceding, Window.unboundedFollowing)
+    return (
+        state.item_cats.join(state.item_popularity, "item_id", "left")
+        .withColumn("c", F.col("share") * (F.coalesce(F.col("count"), F.lit(0.0)) + F.lit(1.0)))
+        .select("item_id", "category", (F.col("c") / F.sum("c").over(in_cat)).alias("pic"))
+    )

@@ -1,0 +1,165 @@
+"""Top-k throughput: the Spark job vs the same scoring in one plain torch process vs Spark MLlib ALS.
+
+For a data set (ml-latest-small read in place, or generated users x items) the script builds what the job needs
+(one migration night for the state; a registered SASRec with untrained weights: throughput does not depend on the
+weights), then times, in one run on the same users and items:
+
+* ``spark_job``: ``TopKJob.run`` end to end (reads tables, builds per-user inputs, scores in ``mapInPandas``,
+  writes the Delta partition);
+* ``torch_process``: the same scorer (``spark_udfs.topk.score_batch``) over the same users in the driver process,
+  torch using every core: the machine's limit for this scoring, inputs prepared beforehand and not timed;
+* ``als``: ``ALS.recommendForUserSubset`` for the same users (implicit ALS of the same rank, fit timed apart).
+
+    python benchmarks/bench_topk.py --dataset movielens --out /tmp/bench_topk
+    python benchmarks/bench_topk.py --dataset synthetic --users 100000 --items 20000 --out /tmp/bench_topk
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-latest-small"
+
+
+def register_untrained_model(spark, conf, ds: dt.date, events) -> int:
+    """A SASRec over the whole catalogue with initial weights, registered as the current version."""
+    from driftrec import registry
+    from driftrec.models.batches import extend_space
+    from driftrec.models.checkpoint import save_checkpoint
+    from driftrec.models.sasrec import SASRec, SASRecParams
+    from driftrec.serving import catalogue_side_info, text_dim_of
+
+    t = conf.training
+    side = catalogue_side_info(spark, conf, events.select("item_id").distinct(), t.use_text)
+    space = extend_space(np.zeros(0, np.int64), [], side, text_dim_of(side))
+    model = SASRec(SASRecParams(n_items=space.n_items, n_categories=len(space.categories), text_dim=space.text_dim,
+                                max_seq_len=t.max_seq_len, d_model=t.d_model, heads=t.heads, layers=t.layers,
+                                dropout=t.dropout, use_text=t.use_text))
+    model.set_side_info(space.text, space.has_text, space.item_category)
+    version = registry.next_version(spark, conf)
+    path = Path(conf.lakehouse.root) / "models" / t.model_name / f"v{version:05d}"
+    save_checkpoint(path, model, space, {"version": version, "trained_through": ds.isoformat()})
+    registry.record(spark, conf, version=version, model_name=t.model_name, trained_through=ds, parent_version=None,
+                    config={}, metrics={"ndcg_at_10": 0.0}, checkpoint=str(path),
+                    decision=registry.Decision(True, "benchmark: untrained weights"))
+    return version
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, required=True, help="work directory (lakehouse, figures)")
+    ap.add_argument("--dataset", choices=("movielens", "synthetic"), default="movielens")
+    ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="MovieLens directory")
+    ap.add_argument("--users", type=int, default=100_000)
+    ap.add_argument("--items", type=int, default=20_000)
+    ap.add_argument("--days", type=int, default=3)
+    ap.add_argument("--k", type=int, default=20)
+    ap.add_argument("--all-users", action="store_true", help="score every user, not only the recently active")
+    ap.add_argument("--driver-memory", default="10g")
+    ap.add_argument("--skip-als", action="store_true")
+    args = ap.parse_args(argv)
+
+    import torch
+    from pyspark.ml.recommendation import ALS
+    from pyspark.sql import functions as F
+
+    from driftrec import lakehouse
+    from driftrec.config import SyntheticConfig, load_config
+    from driftrec.spark import build_spark
+    from driftrec.tables import EVENTS
+    from jobs.migrate import MigrationJob
+    from jobs.topk import TopKJob
+    from spark_udfs.topk import score_batch
+
+    out = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    root = out / f"lakehouse-{args.dataset}"
+    conf = load_config(overrides=[
+        f'lakehouse.root="{root}"', 'lakehouse.database="bench_topk"', "spark.shuffle_partitions=4",
+        f'spark.driver_memory="{args.driver_memory}"', "training.use_text=false", f"topk.k={args.k}",
+        f"topk.all_users={str(args.all_users).lower()}",
+    ])
+    spark = build_spark(conf, app_name="bench-topk", local=True)
+    spark.sparkContext.setLogLevel("ERROR")
+    figures: dict = {"dataset": args.dataset, "k": args.k, "cpus": os.cpu_count()}
+
+    t0 = time.perf_counter()
+    if not lakehouse.table_exists(spark, conf, EVENTS):
+        if args.dataset == "movielens":
+            from benchmarks.bench_training import load_movielens
+
+            load_movielens(spark, conf, args.data)
+        else:
+            from benchmarks.bench_migration import load_lakehouse
+            from driftrec.synthetic import write_dataset
+
+            cfg = SyntheticConfig(users=args.users, items=args.items, days=args.days, events_per_user_day=2.0,
+                                  categories=12, seed=11)
+            write_dataset(cfg, out / "synthetic")
+            load_lakehouse(spark, conf, out / "synthetic")
+    events = lakehouse.read_table(spark, conf, EVENTS)
+    last = events.agg(F.max("event_date")).first()[0]
+    figures.update(events=events.count(), ds=str(last), load_s=round(time.perf_counter() - t0, 1))
+
+    t0 = time.perf_counter()
+    MigrationJob(spark, conf).run(last)
+    figures["migration_night_s"] = round(time.perf_counter() - t0, 1)
+    register_untrained_model(spark, conf, last, events)
+
+    job = TopKJob(spark, conf)
+    t0 = time.perf_counter()
+    report = job.run(last)
+    spark_s = time.perf_counter() - t0
+    figures.update(users=report.users, catalogue=report.catalogue, rows=report.rows, spark_job_s=round(spark_s, 1),
+                   spark_job_users_per_s=round(report.users / spark_s, 1))
+    print(report.summary(), flush=True)
+
+    # The same scoring in one process over the same users; inputs built and collected first (not timed).
+    prep = job.prepare(last)
+    assets, users = prep.assets, prep.users
+    pdf = users.orderBy("user_id").toPandas()
+    from spark_udfs.topk import build_model
+
+    model = build_model(assets)
+    torch.set_num_threads(os.cpu_count() or 1)
+    batch = conf.topk.users_per_batch
+    t0 = time.perf_counter()
+    n_rows = 0
+    for start in range(0, len(pdf), batch):
+        n_rows += len(score_batch(assets, pdf.iloc[start : start + batch].reset_index(drop=True), model))
+    torch_s = time.perf_counter() - t0
+    figures.update(torch_process_s=round(torch_s, 1), torch_process_users_per_s=round(len(pdf) / torch_s, 1),
+                   torch_rows=n_rows, spark_over_torch_users_per_s=round((report.users / spark_s) / (len(pdf) / torch_s), 3))
+    print(json.dumps({k: figures[k] for k in ("spark_job_users_per_s", "torch_process_users_per_s")}), flush=True)
+
+    if not args.skip_als:
+        ratings = events.where(F.col("event_date") <= F.lit(last)).groupBy(
+            F.col("user_id").cast("int").alias("user"), F.col("item_id").cast("int").alias("item")
+        ).agg(F.count(F.lit(1)).cast("float").alias("rating"))
+        als = ALS(rank=conf.training.d_model, maxIter=5, regParam=0.05, implicitPrefs=True, alpha=10.0,
+                  userCol="user", itemCol="item", ratingCol="rating", coldStartStrategy="drop", seed=7)
+        t0 = time.perf_counter()
+        fitted = als.fit(ratings)
+        figures["als_fit_s"] = round(time.perf_counter() - t0, 1)
+        subset = users.select(F.col("user_id").cast("int").alias("user"))
+        t0 = time.perf_counter()
+        n_als = fitted.recommendForUserSubset(subset, args.k).count()
+        als_s = time.perf_counter() - t0
+        figures.update(als_users=n_als, als_recommend_s=round(als_s, 1), als_users_per_s=round(n_als / als_s, 1),
+                       spark_over_als_users_per_s=round((report.users / spark_s) / (n_als / als_s), 3))
+
+    print(json.dumps(figures, indent=1))
+    (out / f"bench_topk_{args.dataset}.json").write_text(json.dumps(figures, indent=1))
+    spark.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,283 @@
+"""Nightly top-k job: every active user scored against the catalogue, model blended with migration -> ``recommendations``.
+
+For date D: the serving model (current registry version, or ``topk.model_version``) is loaded, checked and grown to
+tonight's catalogue before anything else, so a bad version fails the job with nothing written. Users active in the
+last ``topk.lookback_days`` (or all users) are assembled with their recent items, consumed items, interest state and
+predicted next-step interest ``q_u`` (Spark); ``spark_udfs.topk`` scores them in batches inside ``mapInPandas``;
+the rows get a human-readable reason and replace partition ``ds = D`` of ``recommendations`` in one commit.
+
+Under spark-submit::
+
+    spark-submit --packages io.delta:delta-spark_4.2_2.13:4.4.0 jobs/topk.py --date 2026-01-31
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import logging
+import sys
+import uuid
+from dataclasses import dataclass
+
+import numpy as np
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from driftrec import lakehouse
+from driftrec.config import Config
+from driftrec.jobargs import base_parser, config_from_args, parse_date
+from driftrec.migration import transitions as tr
+from driftrec.migration.scoring import (
+    MarkovState,
+    category_item_probs,
+    load_markov_state,
+    predicted_interest,
+    reason_text,
+)
+from driftrec.serving import ServingModel, load_serving_model
+from driftrec.tables import EVENTS, ITEMS, MIGRATION_RUNS, RECOMMENDATIONS, USER_INTEREST
+
+log = logging.getLogger("driftrec.topk")
+
+
+@dataclass(frozen=True)
+class TopKReport:
+    ds: dt.date
+    users: int
+    rows: int
+    model_version: int
+    new_items: int
+    catalogue: int
+
+    def summary(self) -> str:
+        return (
+            f"top-k {self.ds}: {self.rows} rows for {self.users} users, model v{self.model_version} "
+            f"over {self.catalogue} items ({self.new_items} added since training)"
+        )
+
+
+def user_histories(events: DataFrame, keep_last: int, with_consumed: bool) -> DataFrame:
+    """``(user_id, item_ids, consumed)``: the last ``keep_last`` items oldest first; every item consumed (or null)."""
+    ordered = F.array_sort(F.collect_list(F.struct(F.col("event_ts"), F.col("event_id"), F.col("item_id"))))
+    hist = events.groupBy("user_id").agg(ordered.alias("evs"))
+    items = F.transform("evs", lambda e: e["item_id"])
+    return hist.select(
+        "user_id",
+        F.slice(items, F.greatest(F.size(items) - keep_last + 1, F.lit(1)), keep_last).alias("item_ids"),
+        (F.array_sort(F.array_distinct(items)) if with_consumed else F.lit(None).cast("array<bigint>")).alias(
+            "consumed"
+        ),
+    )
+
+
+def interest_arrays(q: DataFrame) -> DataFrame:
+    """``predicted_interest`` rows -> one row per user: ``q`` and ``rise`` arrays in category-name order."""
+    pairs = F.array_sort(F.collect_list(F.struct("category", "q", "rise")))
+    return q.groupBy("user_id").agg(pairs.alias("qs")).select(
+        "user_id",
+        F.transform("qs", lambda x: x["q"]).alias("q"),
+        F.transform("qs", lambda x: x["rise"]).alias("rise"),
+    )
+
+
+@dataclass
+class Prepared:
+    served: ServingModel
+    assets: object  # spark_udfs.topk.ScoringAssets
+    users: DataFrame  # user_id, item_ids, consumed, interest_categories, interest_p, q, rise
+    n_users: int
+
+
+def declared_interest(extra: DataFrame, categories: list[str]) -> DataFrame:
+    """``(user_id, q_declared)``: uniform over the known categories a user declared (none known: no row)."""
+    cats = F.coalesce(F.col("categories"), F.array().cast("array<string>"))
+    hits = F.array(*[F.when(F.array_contains(cats, c), F.lit(1.0)).otherwise(F.lit(0.0)) for c in categories])
+    total = F.aggregate(hits, F.lit(0.0), lambda acc, x: acc + x)
+    return (
+        extra.select("user_id", hits.alias("hits"), total.alias("total"))
+        .where(F.col("total") > 0)
+        .select("user_id", F.transform("hits", lambda x: x / F.col("total")).alias("q_declared"))
+    )
+
+
+class TopKJob:
+    def __init__(self, spark: SparkSession, conf: Config):
+        self.spark, self.conf = spark, conf
+
+    def _events(self, ds: dt.date) -> DataFrame:
+        if not lakehouse.table_exists(self.spark, self.conf, EVENTS):
+            raise RuntimeError("no events table: run the ingest job first")
+        return lakehouse.read_table(self.spark, self.conf, EVENTS).where(F.col("event_date") <= F.lit(ds))
+
+    def _migration_state(self, ds: dt.date) -> MarkovState:
+        spark, conf = self.spark, self.conf
+        if not lakehouse.table_exists(spark, conf, USER_INTEREST):
+            raise RuntimeError("no migration state (user_interest): run the migration job first")
+        if lakehouse.table_exists(spark, conf, MIGRATION_RUNS):
+            last = (
+                lakehouse.read_table(spark, conf, MIGRATION_RUNS)
+                .where((F.col("status") == "finished") & (F.col("ds") <= F.lit(ds)))
+                .agg(F.max("ds"))
+                .first()[0]
+            )
+            if last is None or last < ds:
+                log.warning("migration state is as of %s, not %s: run the migration job for %s first for fresh "
+                            "interest and successors", last, ds, ds)
+        return load_markov_state(spark, conf, ds)
+
+    def assets(self, served: ServingModel, state: MarkovState):
+        """The catalogue-sized inputs every worker needs (broadcast once), aligned to the model's item index."""
+        import torch
+
+        from spark_udfs.topk import ScoringAssets
+
+        t, m = self.conf.topk, self.conf.migration
+        item_ids = served.space.item_ids
+        n = len(item_ids)
+        index = {int(v): i for i, v in enumerate(item_ids)}
+        pic_rows = category_item_probs(state, m).collect()
+        categories = sorted({r["category"] for r in tr.category_popularity(state.global_matrix, m.category_smoothing)
+                             .select("category").collect()})
+        cindex = {c: i for i, c in enumerate(categories)}
+        pic = np.zeros((len(categories), n))
+        for r in pic_rows:
+            j, c = index.get(int(r["item_id"])), cindex.get(r["category"])
+            if j is not None and c is not None:
+                pic[c, j] = float(r["pic"])
+        succ = state.item_successors.select("from_item", "to_item", "prob").toPandas()
+        succ["r"] = succ["from_item"].map(index)
+        succ["j"] = succ["to_item"].map(index)
+        succ = succ.dropna(subset=["r", "j"]).sort_values(["r", "j"])
+        rows = succ["r"].to_numpy(np.int64)
+        indptr = np.zeros(n + 1, np.int64)
+        np.add.at(indptr, rows + 1, 1)
+        indptr = np.cumsum(indptr)
+        buf = io.BytesIO()
+        torch.save({k: v.detach().cpu().contiguous() for k, v in served.model.state_dict().items()}, buf)
+        return ScoringAssets(
+            token=uuid.uuid4().hex,
+            item_ids=item_ids.astype(np.int64),
+            model_state=buf.getvalue(),
+            model_params=served.model.p.to_dict(),
+            model_categories=list(served.space.categories),
+            markov_categories=categories,
+            pic=pic,
+            succ_indptr=indptr,
+            succ_indices=succ["j"].to_numpy(np.int64),
+            succ_probs=succ["prob"].to_numpy(np.float64),
+            k=t.k,
+            blend=t.blend_weight,
+            item_term_weight=m.item_term_weight,
+            recent_items=m.recent_items,
+            rising_margin=t.rising_margin,
+            torch_threads=t.torch_threads,
+        )
+
+    def _extra_users(self) -> DataFrame | None:
+        t = self.conf.topk
+        if not t.extra_users:
+            return None
+        extra = self.spark.read.format("delta").load(t.extra_users)
+        tr.require_columns(extra, ("user_id",), f"topk.extra_users {t.extra_users}")
+        if "categories" not in extra.columns:
+            extra = extra.withColumn("categories", F.lit(None).cast("array<string>"))
+        return extra.select(F.col("user_id").cast("bigint"), "categories")
+
+    def users_frame(self, events: DataFrame, ds: dt.date, state: MarkovState, keep_last: int,
+                    categories: list[str]) -> DataFrame:
+        """One row per scored user with everything the scorer reads; ``categories`` orders the q / rise arrays."""
+        from driftrec.training_data import user_interest_arrays
+
+        t = self.conf.topk
+        if t.all_users:
+            users = events.select("user_id").distinct()
+        else:
+            since = ds - dt.timedelta(days=t.lookback_days - 1)
+            users = events.where(F.col("event_date") >= F.lit(since)).select("user_id").distinct()
+        extra = self._extra_users()
+        if extra is not None:
+            users = users.unionByName(extra.select("user_id")).distinct()
+        hist = user_histories(events.join(users, "user_id", "left_semi"), keep_last, t.exclude_consumed)
+        interest = lakehouse.read_table(self.spark, self.conf, USER_INTEREST)
+        arrays = user_interest_arrays(interest, ds).drop("interest_as_of")
+        q = interest_arrays(predicted_interest(users, state, self.conf.migration))
+        frame = users.join(hist, "user_id", "left").join(arrays, "user_id", "left").join(q, "user_id", "left")
+        if extra is not None:
+            # Cold start: a user with no history and declared categories predicts inside them, uniformly.
+            frame = frame.join(declared_interest(extra, categories), "user_id", "left").select(
+                "*",
+                F.when(F.col("item_ids").isNull() & F.col("q_declared").isNotNull(), F.col("q_declared"))
+                .otherwise(F.col("q")).alias("q_final"),
+            ).drop("q").withColumnRenamed("q_final", "q")
+        return frame.select("user_id", "item_ids", "consumed", "interest_categories", "interest_p", "q", "rise")
+
+    def prepare(self, ds: dt.date) -> Prepared:
+        """Model (checked first), broadcastable assets and the per-user input rows (materialised)."""
+        spark, conf, t = self.spark, self.conf, self.conf.topk
+        events = self._events(ds)
+        served = load_serving_model(spark, conf, events.select("item_id").distinct(), t.model_version)
+        state = self._migration_state(ds)
+        assets = self.assets(served, state)
+        keep_last = max(int(served.model.p.max_seq_len), conf.migration.recent_items)
+        users = self.users_frame(events, ds, state, keep_last, assets.markov_categories)
+        users = users.localCheckpoint(eager=True)
+        return Prepared(served, assets, users, users.count())
+
+    def recommendations(self, ds: dt.date) -> tuple[DataFrame, ServingModel, int]:
+        """The night's rows (not written): ``(recommendations rows, serving model, users scored)``."""
+        from spark_udfs.topk import OUTPUT_SCHEMA, topk_udf
+
+        spark, conf, t = self.spark, self.conf, self.conf.topk
+        prep = self.prepare(ds)
+        served = prep.served
+        parts = t.partitions or spark.sparkContext.defaultParallelism
+        scored = (
+            prep.users.repartition(parts, "user_id")
+            .sortWithinPartitions("user_id")
+            .mapInPandas(topk_udf(spark.sparkContext.broadcast(prep.assets), t.users_per_batch), OUTPUT_SCHEMA)
+        )
+        titles = lakehouse.read_table(spark, conf, ITEMS).select(
+            F.col("item_id").alias("via_item"), F.col("title").alias("via_title")
+        )
+        rows = scored.join(F.broadcast(titles), "via_item", "left").select(
+            F.lit(ds).cast("date").alias("ds"),
+            "user_id",
+            "rank",
+            "item_id",
+            "score",
+            F.lit(served.version).cast("bigint").alias("model_version"),
+            reason_text(F.col("reason_kind"), F.col("via_item"), F.col("via_title"), F.col("via_category"))
+            .alias("reason"),
+        )
+        return rows, served, prep.n_users
+
+    def run(self, ds: dt.date) -> TopKReport:
+        rows, served, n_users = self.recommendations(ds)
+        lakehouse.replace_where(self.spark, self.conf, RECOMMENDATIONS, rows, f"ds = '{ds.isoformat()}'")
+        written = lakehouse.read_table(self.spark, self.conf, RECOMMENDATIONS).where(F.col("ds") == F.lit(ds)).count()
+        report = TopKReport(ds, n_users, written, served.version, served.new_items, served.space.n_items)
+        log.info(report.summary())
+        return report
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--date", type=parse_date, required=True, help="the night to score (YYYY-MM-DD)")
+
+
+def entrypoint(argv: list[str] | None = None) -> int:
+    """Console script / spark-submit entry: the cluster decides the master."""
+    from driftrec.spark import build_spark
+
+    parser = base_parser("Nightly top-k: score active users, blend with migration, write recommendations.")
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    conf = config_from_args(args)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    spark = build_spark(conf, app_name="driftrec-topk")
+    print(TopKJob(spark, conf).run(args.date).summary())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(entrypoint())

@@ -1,0 +1,271 @@
+"""Nightly top-k: the Spark job against a plain torch + Spark-SQL reference, reruns, new items, bad model versions.
+
+One module scenario runs the real pipeline on generated data: ingest (canonical tables), one migration night, text
+embeddings, a small Ray Train model, then the top-k job for the same night.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from pyspark.sql import functions as F
+
+from driftrec import lakehouse, registry
+from driftrec.config import Config, SyntheticConfig
+from driftrec.migration.scoring import load_markov_state, markov_scores
+from driftrec.models.batches import interest_matrix
+from driftrec.models.checkpoint import load_checkpoint
+from driftrec.models.sasrec import pad_left
+from driftrec.serving import ModelVersionError
+from driftrec.synthetic import generate
+from driftrec.tables import EVENTS, RECOMMENDATIONS, USER_DRIFT, USER_INTEREST
+from tests.conftest import make_conf
+from tests.transfer_helpers import load
+
+pytestmark = pytest.mark.slow  # a real migration night, a Ray Train run and Spark scoring
+
+START = dt.date(2026, 1, 1)
+DAY = START + dt.timedelta(days=7)
+YESTERDAY = DAY - dt.timedelta(days=1)
+K = 10
+
+
+@dataclass
+class Scenario:
+    conf: Config
+    report: object
+    first_rows: pd.DataFrame
+    items: pd.DataFrame
+
+
+def _rows(spark, conf, ds=DAY) -> pd.DataFrame:
+    return (
+        lakehouse.read_table(spark, conf, RECOMMENDATIONS).where(F.col("ds") == F.lit(ds))
+        .orderBy("user_id", "rank").toPandas()
+    )
+
+
+@pytest.fixture(scope="module")
+def scenario(spark, tmp_path_factory) -> Scenario:
+    import ray
+
+    from jobs.embed_items import EmbedItemsJob
+    from jobs.migrate import MigrationJob
+    from jobs.topk import TopKJob
+    from jobs.train import TrainJob
+
+    root = tmp_path_factory.mktemp("topk") / "lakehouse"
+    conf = make_conf(
+        root,
+        "training.d_model=32", "training.layers=1", "training.max_seq_len=12", "training.epochs=6",
+        "training.batch_size=64", "training.lr=0.005",
+        f"topk.k={K}", "topk.lookback_days=3", "topk.users_per_batch=16", "topk.partitions=3",
+        "migration.drift_threshold=0.0005",
+    )
+    data = generate(SyntheticConfig(users=120, items=80, categories=4, days=8, seed=5, start_date=START.isoformat()))
+    load(spark, conf, data.events, data.items)
+    # The nightly order for two nights; the model trained through yesterday serves tonight.
+    MigrationJob(spark, conf).run(YESTERDAY)
+    EmbedItemsJob(spark, conf).run()
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        TrainJob(spark, conf).run(YESTERDAY)
+    finally:
+        ray.shutdown()
+    TopKJob(spark, conf).run(YESTERDAY)
+    MigrationJob(spark, conf).run(DAY)
+    report = TopKJob(spark, conf).run(DAY)
+    return Scenario(conf, report, _rows(spark, conf), data.items)
+
+
+def _reference(spark, conf: Config, checkpoint: str) -> pd.DataFrame:
+    """Plain torch for the model, the engine's own Spark ``markov_scores`` for migration, numpy for the rest."""
+    t = conf.topk
+    model, space, _ = load_checkpoint(checkpoint)
+    ev = lakehouse.read_table(spark, conf, EVENTS)
+    ev = ev.where(F.col("event_date") <= F.lit(DAY))
+    since = DAY - dt.timedelta(days=t.lookback_days - 1)
+    users = sorted(r[0] for r in ev.where(F.col("event_date") >= F.lit(since)).select("user_id").distinct().collect())
+    hist = ev.select("user_id", "item_id", "event_ts", "event_id").toPandas().sort_values(["event_ts", "event_id"])
+    by_user = {u: g["item_id"].to_numpy() for u, g in hist.groupby("user_id")}
+
+    index = space.index()
+    seqs = [index.get_indexer(by_user[u]) + 1 for u in users]
+    seq = pad_left([s[s > 0][-model.p.max_seq_len:] for s in seqs], model.p.max_seq_len)
+    inter = lakehouse.read_table(spark, conf, USER_INTEREST).toPandas()
+    cats = [list(inter.loc[inter["user_id"] == u, "category"]) for u in users]
+    ps = [list(inter.loc[inter["user_id"] == u, "p"]) for u in users]
+    interest = interest_matrix(cats, ps, space.category_index(), len(space.categories))
+    with torch.no_grad():
+        p_model = torch.softmax(model.score(torch.as_tensor(seq), torch.as_tensor(interest)).double(), 1).numpy()
+
+    state = load_markov_state(spark, conf, DAY)
+    cand = spark.createDataFrame([(u, int(i)) for u in users for i in space.item_ids], "user_id bigint, item_id bigint")
+    mk = markov_scores(cand, ev.select("user_id", "item_id", "event_ts"), state, conf.migration).toPandas()
+    migration = mk.pivot(index="user_id", columns="item_id", values="score").reindex(index=users,
+                                                                                       columns=space.item_ids)
+    score = (1 - t.blend_weight) * p_model + t.blend_weight * migration.to_numpy()
+    rows = []
+    for u_i, u in enumerate(users):
+        s = score[u_i].copy()
+        s[index.get_indexer(np.unique(by_user[u]))] = -np.inf
+        order = sorted(range(len(s)), key=lambda j: (-s[j], space.item_ids[j]))[:K]
+        rows += [(u, r + 1, int(space.item_ids[j]), float(s[j])) for r, j in enumerate(order)]
+    return pd.DataFrame(rows, columns=["user_id", "rank", "item_id", "score"])
+
+
+def test_topk_equals_a_plain_torch_reference(spark, scenario):
+    s = scenario
+    got = s.first_rows
+    assert s.report.users == got["user_id"].nunique() > 20
+    assert len(got) == s.report.rows == s.report.users * K
+    assert all(ranks == list(range(1, K + 1)) for ranks in got.groupby("user_id")["rank"].apply(list))
+    assert s.report.new_items == 0
+    ref = _reference(spark, s.conf, registry.current(spark, s.conf, s.conf.training.model_name)["checkpoint"])
+    assert list(ref["user_id"]) == list(got["user_id"])
+    assert list(ref["item_id"]) == list(got["item_id"])  # same items, same order (ties by item id)
+    np.testing.assert_allclose(got["score"], ref["score"], rtol=1e-5, atol=1e-9)
+    assert (got["model_version"] == s.report.model_version).all()
+
+
+def test_consumed_items_are_excluded_and_reasons_are_sentences(spark, scenario):
+    s = scenario
+    ev = lakehouse.read_table(spark, s.conf, EVENTS)
+    seen = ev.where(F.col("event_date") <= F.lit(DAY)).select("user_id", "item_id").distinct().toPandas()
+    clash = s.first_rows.merge(seen, on=["user_id", "item_id"])
+    assert clash.empty
+    kinds = s.first_rows["reason"]
+    assert kinds.str.startswith(("people who watched ", "your interest in ", "you often watch ", "popular")).all()
+    assert kinds.str.startswith("people who watched ").any()
+    titles = set(s.items["title"])
+    watched = kinds[kinds.str.startswith("people who watched ")].str.removeprefix("people who watched ")
+    assert all(w.removesuffix(" next watched this") in titles for w in watched)
+
+
+def test_rerun_replaces_the_night_byte_for_byte(spark, scenario):
+    from jobs.topk import TopKJob
+
+    s = scenario
+    TopKJob(spark, s.conf).run(DAY)
+    again = _rows(spark, s.conf)
+    pd.testing.assert_frame_equal(again, s.first_rows)
+    tonight = lakehouse.read_table(spark, s.conf, RECOMMENDATIONS).where(F.col("ds") == F.lit(DAY))
+    assert tonight.count() == tonight.select("user_id", "rank").distinct().count() == len(s.first_rows)
+    assert _rows(spark, s.conf, YESTERDAY)["user_id"].nunique() > 0  # the other night is untouched
+
+
+def test_bad_model_version_fails_before_anything_is_written(spark, scenario, tmp_path):
+    from jobs.topk import TopKJob
+
+    s = scenario
+    version_before = lakehouse.table_version(spark, s.conf, RECOMMENDATIONS)
+    missing = s.conf.model_copy(update={"topk": s.conf.topk.model_copy(update={"model_version": 999})})
+    with pytest.raises(ModelVersionError, match="model version 999 .* is not in model_registry"):
+        TopKJob(spark, missing).run(DAY)
+
+    broken = Path(tmp_path / "broken")
+    broken.mkdir()
+    (broken / "meta.json").write_text("{}")
+    (broken / "model.pt").write_bytes(b"not a checkpoint")
+    registry.record(spark, s.conf, version=50, model_name=s.conf.training.model_name, trained_through=DAY,
+                    parent_version=None, config={}, metrics={"ndcg_at_10": 0.0}, checkpoint=str(broken),
+                    decision=registry.Decision(False, "test: a corrupt checkpoint"))
+    corrupt = s.conf.model_copy(update={"topk": s.conf.topk.model_copy(update={"model_version": 50})})
+    with pytest.raises(ModelVersionError, match="model v50: cannot load checkpoint"):
+        TopKJob(spark, corrupt).run(DAY)
+    assert lakehouse.table_version(spark, s.conf, RECOMMENDATIONS) == version_before
+    pd.testing.assert_frame_equal(_rows(spark, s.conf), s.first_rows)
+
+
+def test_new_item_is_scored_through_its_text(spark, scenario):
+    from jobs.embed_items import EmbedItemsJob
+    from jobs.topk import TopKJob
+
+    s = scenario
+    template = s.items.iloc[[0]].copy()
+    template["item_id"] = 10_000
+    template["title"] = template["title"].iloc[0] + " (new edition)"
+    load(spark, s.conf, pd.DataFrame(columns=["user_id", "item_id", "event_type", "timestamp", "weight"]), template)
+    EmbedItemsJob(spark, s.conf).run()
+    job = TopKJob(spark, s.conf)
+    rows, served, _ = job.recommendations(DAY)
+    assert served.new_items == 1 and served.space.item_ids[-1] == 10_000
+    assert served.space.has_text[-1] == 1.0
+    vec = served.model.item_vectors()[-1].detach()
+    twin = served.model.item_vectors()[1 + served.space.index().get_loc(int(s.items.iloc[0]["item_id"]))].detach()
+    # Same text but for two words, same category: the new item's vector points the way its twin's does.
+    assert torch.nn.functional.cosine_similarity(vec, twin, dim=0) > 0.3
+    got = rows.toPandas()
+    assert len(got) == s.report.rows and got["score"].notna().all()
+
+
+def test_warehouse_queries_through_spark_sql_and_a_non_spark_reader(spark, scenario):
+    import pyarrow as pa
+    from deltalake import DeltaTable, QueryBuilder
+
+    from driftrec.warehouse import QUERIES, TABLES, render, spark_tables
+
+    s = scenario
+    user = int(s.first_rows["user_id"].iloc[0])
+    params = {"ds": DAY, "yesterday": YESTERDAY, "user_id": user}
+    qb = QueryBuilder()
+    for t in TABLES:
+        qb.register(t, DeltaTable(s.conf.table_path(t)))
+    results = {}
+    for name in QUERIES:
+        by_name = spark.sql(render(name, spark_tables(s.conf), **params)).toPandas()
+        by_path = pa.table(qb.execute(render(name, {t: t for t in TABLES}, **params)).read_all()).to_pandas()
+        assert len(by_name) > 0, name
+        assert list(by_path.columns) == list(by_name.columns), name
+        pd.testing.assert_frame_equal(by_path.reset_index(drop=True), by_name.reset_index(drop=True),
+                                      check_dtype=False, check_exact=False, rtol=1e-9)
+        results[name] = by_name
+
+    mine = s.first_rows[s.first_rows["user_id"] == user]
+    assert list(results["user_list"]["item_id"]) == list(mine["item_id"])
+    assert list(results["user_list"]["rank"]) == list(range(1, K + 1))
+    changes = results["list_changes"]
+    both = set(_rows(spark, s.conf, YESTERDAY)["user_id"]) & set(s.first_rows["user_id"])
+    per_user = changes[changes["user_id"].isin(both)].groupby(["user_id", "change"]).size().unstack(fill_value=0)
+    assert ((per_user.get("stayed", 0) + per_user.get("entered", 0)) == K).all()
+    assert ((per_user.get("stayed", 0) + per_user.get("left", 0)) == K).all()
+    drift = lakehouse.read_table(spark, s.conf, USER_DRIFT)
+    migrating = drift.where((F.col("ds") == F.lit(DAY)) & F.col("migrating")).count()
+    assert results["migration_targets"]["users"].sum() == migrating > 0
+
+
+def test_cold_start_users_get_popular_items_of_their_declared_categories(spark, scenario, tmp_path):
+    from jobs.topk import TopKJob
+
+    s = scenario
+    cats = sorted({c for cs in s.items["categories"] for c in cs})
+    chosen = cats[0]
+    path = str(tmp_path / "signups")
+    spark.createDataFrame([(99_999, [chosen]), (99_998, [])], "user_id bigint, categories array<string>") \
+        .write.format("delta").save(path)
+    conf = s.conf.model_copy(update={"topk": s.conf.topk.model_copy(update={"extra_users": path})})
+    rows, _, n_users = TopKJob(spark, conf).recommendations(DAY)
+    got = rows.where(F.col("user_id").isin(99_999, 99_998)).orderBy("user_id", "rank").toPandas()
+    assert n_users == s.report.users + 2
+    declared = got[got["user_id"] == 99_999]
+    assert list(declared["rank"]) == list(range(1, K + 1))
+    in_cat = set(s.items.loc[[chosen in cs for cs in s.items["categories"]], "item_id"])
+    assert set(declared["item_id"]) <= in_cat  # only the declared category
+    assert (declared["reason"] == f"popular in {chosen}").all()
+    # Inside the category, the order is by (decayed) popularity: the most popular item there comes first.
+    pop = (
+        lakehouse.read_table(spark, s.conf, EVENTS).where(F.col("event_date") <= F.lit(DAY))
+        .where(F.col("item_id").isin([int(i) for i in in_cat])).groupBy("item_id").count().toPandas()
+    )
+    assert int(declared["item_id"].iloc[0]) in set(pop.nlargest(3, "count")["item_id"])
+    anyone = got[got["user_id"] == 99_998]
+    assert len(anyone) == K and anyone["reason"].str.startswith("popular").all()
+    # The declared user's rows do not depend on the model: migration only.
+    assert declared["score"].is_monotonic_decreasing
