@@ -8,6 +8,8 @@ weights), then times, in one run on the same users and items:
   writes the Delta partition);
 * ``torch_process``: the same scorer (``spark_udfs.topk.score_batch``) over the same users in the driver process,
   torch using every core: the machine's limit for this scoring, inputs prepared beforehand and not timed;
+* ``candidates``: the same torch process with the candidate step forced on (``topk.candidate_threshold=0``), and
+  the step's recall: the share of the full-catalogue top-k rows it keeps, over a sample of users;
 * ``als``: ``ALS.recommendForUserSubset`` for the same users (implicit ALS of the same rank, fit timed apart).
 
     python benchmarks/bench_topk.py --dataset movielens --out /tmp/bench_topk
@@ -64,6 +66,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--all-users", action="store_true", help="score every user, not only the recently active")
     ap.add_argument("--driver-memory", default="10g")
     ap.add_argument("--skip-als", action="store_true")
+    ap.add_argument("--recall-users", type=int, default=2000, help="users sampled for the candidate recall")
+    ap.add_argument("--train-epochs", type=int, default=0,
+                    help="train the served model this many epochs (the real training job) instead of registering "
+                         "untrained weights; the candidate recall is only meaningful for a trained model")
     args = ap.parse_args(argv)
 
     import torch
@@ -111,7 +117,22 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     MigrationJob(spark, conf).run(last)
     figures["migration_night_s"] = round(time.perf_counter() - t0, 1)
-    register_untrained_model(spark, conf, last, events)
+    if args.train_epochs:
+        import ray
+
+        from jobs.train import TrainJob
+
+        t0 = time.perf_counter()
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        try:
+            tconf = conf.model_copy(update={"training": conf.training.model_copy(
+                update={"epochs": args.train_epochs, "warm_start": False})})
+            TrainJob(spark, tconf).run(last)
+        finally:
+            ray.shutdown()
+        figures["train_s"] = round(time.perf_counter() - t0, 1)
+    else:
+        register_untrained_model(spark, conf, last, events)
 
     job = TopKJob(spark, conf)
     t0 = time.perf_counter()
@@ -138,6 +159,32 @@ def main(argv: list[str] | None = None) -> int:
     figures.update(torch_process_s=round(torch_s, 1), torch_process_users_per_s=round(len(pdf) / torch_s, 1),
                    torch_rows=n_rows, spark_over_torch_users_per_s=round((report.users / spark_s) / (len(pdf) / torch_s), 3))
     print(json.dumps({k: figures[k] for k in ("spark_job_users_per_s", "torch_process_users_per_s")}), flush=True)
+
+    # The candidate step on the same users: lists built on the driver (timed apart), scoring timed like the above,
+    # and its recall against the full-catalogue rows just computed.
+    from spark_udfs.topk import candidate_recall
+
+    cjob = TopKJob(spark, conf.model_copy(update={"topk": conf.topk.model_copy(update={"candidate_threshold": 0})}))
+    t0 = time.perf_counter()
+    cassets = cjob.assets(prep.served, cjob._migration_state(last))
+    figures["candidate_lists_s"] = round(time.perf_counter() - t0, 1)
+    t0 = time.perf_counter()
+    for start in range(0, len(pdf), batch):
+        score_batch(cassets, pdf.iloc[start : start + batch].reset_index(drop=True), model, candidates=True)
+    cand_s = time.perf_counter() - t0
+    sample = pdf.sample(n=min(len(pdf), args.recall_users), random_state=3).sort_values("user_id")
+    recalls, widths = [], []
+    for start in range(0, len(sample), batch):
+        r, w = candidate_recall(cassets, sample.iloc[start : start + batch].reset_index(drop=True), model)
+        recalls.append(r)
+        widths.append(w)
+    figures.update(candidate_torch_users_per_s=round(len(pdf) / cand_s, 1),
+                   candidate_over_full_users_per_s=round(torch_s / cand_s, 3),
+                   candidate_recall_at_k=round(float(np.mean(recalls)), 4) if recalls else None,
+                   candidate_mean_set_size=round(float(np.mean(widths)), 1) if widths else None,
+                   recall_users=len(sample), model_trained=bool(args.train_epochs))
+    print(json.dumps({k: figures[k] for k in ("candidate_torch_users_per_s", "candidate_recall_at_k",
+                                              "candidate_mean_set_size")}), flush=True)
 
     if not args.skip_als:
         ratings = events.where(F.col("event_date") <= F.lit(last)).groupBy(

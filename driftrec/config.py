@@ -62,6 +62,8 @@ class TablesConfig(_Section):
     migration_runs: str = "migration_runs"
     # nightly top-k (jobs/topk.py)
     recommendations: str = "recommendations"
+    # offline evaluation (driftrec/evaluation)
+    evaluation_runs: str = "evaluation_runs"
 
 
 class SparkConfig(_Section):
@@ -212,8 +214,9 @@ class TopKConfig(_Section):
     k: int = Field(default=20, ge=1)
     lookback_days: int = Field(default=30, ge=1)  # users with events in the last N days (ending on the date)
     all_users: bool = False  # every user with any event up to the date, not only the recently active
-    # Weight of the migration engine's p(u,i,t+1) in the final score; the model's softmax gets the rest.
-    blend_weight: float = Field(default=0.5, ge=0, le=1)
+    # Weight of the migration engine's p(u,i,t+1) in the final score; the model's softmax gets the rest. Default:
+    # the best NDCG@10 of benchmarks/tune_blend.py on a validation day of the demo data (0.5-0.7 form a plateau).
+    blend_weight: float = Field(default=0.6, ge=0, le=1)
     exclude_consumed: bool = True
     users_per_batch: int = Field(default=256, ge=1)  # users scored together as one matrix product
     partitions: int = Field(default=0, ge=0)  # scoring tasks; 0 = spark.default.parallelism
@@ -223,6 +226,14 @@ class TopKConfig(_Section):
     # Delta table (path) of users to score as well, e.g. sign-ups: user_id bigint, categories array<string>
     # (declared interests, may be empty). Those without history get popular items inside their categories.
     extra_users: str = ""
+    # Candidate step (spark_udfs/candidates.py): above this many catalogue items each user is ranked over a candidate
+    # set instead of the whole catalogue (0 = always). Sources: successors of recent items, the top items of the
+    # user's strongest and rising categories, embedding neighbours of recent items, the most popular items.
+    candidate_threshold: int = Field(default=100_000, ge=0)
+    candidate_categories: int = Field(default=3, ge=0)  # strongest categories of q per user (plus rising ones)
+    candidate_category_items: int = Field(default=200, ge=0)  # top items per category
+    candidate_neighbours: int = Field(default=50, ge=0)  # embedding neighbours per recent item
+    candidate_popular: int = Field(default=100, ge=0)  # most popular items, for every user
 
 
 class Config(_Section):

@@ -127,19 +127,17 @@ def append(spark: SparkSession, conf: Config, spec: TableSpec, df: DataFrame) ->
     conform(df, spec).write.format("delta").mode("append").save(conf.table_path(spec.logical))
 
 
-def replace_where(spark: SparkSession, conf: Config, spec: TableSpec, df: DataFrame, predicate: str) -> None:
-    """Atomically replace the rows matching ``predicate`` (e.g. ``ds = '2026-01-02'``) with ``df``.
+def replace_where(spark: SparkSession, conf: Config, spec: TableSpec, df: DataFrame, predicate: str) -> int:
+    """Atomically replace the rows matching ``predicate`` (e.g. ``ds = '2026-01-02'``) with ``df``; rows written.
 
-    Delta validates that every written row matches the predicate, so a rerun of one night replaces exactly it.
+    Delta validates that every written row matches the predicate, so a rerun of one night replaces exactly it. The
+    count comes from the commit's operation metrics, not from reading the table again.
     """
     ensure_table(spark, conf, spec)
-    (
-        conform(df, spec)
-        .write.format("delta")
-        .mode("overwrite")
-        .option("replaceWhere", predicate)
-        .save(conf.table_path(spec.logical))
-    )
+    path = conf.table_path(spec.logical)
+    conform(df, spec).write.format("delta").mode("overwrite").option("replaceWhere", predicate).save(path)
+    row = DeltaTable.forPath(spark, path).history(1).select("operationMetrics").first()
+    return int(dict(row["operationMetrics"] or {}).get("numOutputRows", 0)) if row else 0
 
 
 def table_version(spark: SparkSession, conf: Config, spec: TableSpec) -> int:

@@ -380,3 +380,29 @@ RECOMMENDATIONS = TableSpec(
 )
 
 ALL_TABLES += (RECOMMENDATIONS,)
+
+
+# --- offline evaluation (issue 6) ---
+
+EVALUATION_RUNS = TableSpec(
+    logical="evaluation_runs",
+    schema=T.StructType(
+        [
+            _f("run_id", T.StringType(), False, "one evaluation run: every system on the same split"),
+            _f("dataset", T.StringType(), False),
+            _f("protocol", T.StringType(), False, "temporal | leave_one_out (| validation splits when tuning)"),
+            _f("system", T.StringType(), False, "e.g. popular_all_time, migration, als, sasrec_random, pipeline"),
+            _f("segment", T.StringType(), False, "all | migrating | stable"),
+            _f("k", T.IntegerType(), False),
+            _f("metric", T.StringType(), False, "hr, recall, ndcg, mrr, coverage"),
+            _f("value", T.DoubleType(), False),
+            _f("users", T.LongType(), False, "users the value averages over (catalogue size for coverage)"),
+            _f("config_json", T.StringType(), False, "the run's configuration"),
+            _f("created_at", T.TimestampType(), False),
+        ]
+    ),
+    key=("run_id", "system", "segment", "k", "metric"),
+    comment="Offline metrics, full-catalogue ranking; one row per run, system, segment, cut-off and metric.",
+)
+
+ALL_TABLES += (EVALUATION_RUNS,)

@@ -101,6 +101,25 @@ def declared_interest(extra: DataFrame, categories: list[str]) -> DataFrame:
     )
 
 
+def inferred_interest(events: DataFrame, item_cats: DataFrame, categories: list[str]) -> DataFrame:
+    """``(user_id, q_inferred)``: the category shares of a user's items, normalised over ``categories`` (in order).
+
+    For users with events the migration state has not absorbed yet (new since its last night): without it they would
+    get everyone's interest; their own few items say more.
+    """
+    per = events.select("user_id", "item_id").join(item_cats.where(F.col("category").isin(categories)), "item_id")
+    per = per.groupBy("user_id", "category").agg(F.sum("share").alias("s"))
+    shares = per.groupBy("user_id").agg(F.map_from_entries(F.collect_list(F.struct("category", "s"))).alias("m"))
+    raw = F.array(*[F.coalesce(F.col("m")[c], F.lit(0.0)) for c in categories])
+    total = F.aggregate("raw", F.lit(0.0), lambda acc, x: acc + x)
+    return (
+        shares.select("user_id", raw.alias("raw"))
+        .select("user_id", "raw", total.alias("total"))
+        .where(F.col("total") > 0)
+        .select("user_id", F.transform("raw", lambda x: x / F.col("total")).alias("q_inferred"))
+    )
+
+
 class TopKJob:
     def __init__(self, spark: SparkSession, conf: Config):
         self.spark, self.conf = spark, conf
@@ -153,6 +172,7 @@ class TopKJob:
         indptr = np.zeros(n + 1, np.int64)
         np.add.at(indptr, rows + 1, 1)
         indptr = np.cumsum(indptr)
+        candidates = self.candidate_lists(served, state, pic, index) if n > t.candidate_threshold else None
         buf = io.BytesIO()
         torch.save({k: v.detach().cpu().contiguous() for k, v in served.model.state_dict().items()}, buf)
         return ScoringAssets(
@@ -172,6 +192,29 @@ class TopKJob:
             recent_items=m.recent_items,
             rising_margin=t.rising_margin,
             torch_threads=t.torch_threads,
+            candidates=candidates,
+        )
+
+    def candidate_lists(self, served: ServingModel, state: MarkovState, pic: np.ndarray, index: dict):
+        """The lists the candidate step draws from (``spark_udfs.candidates``), built once on the driver."""
+        import torch
+
+        from spark_udfs.candidates import Candidates, category_top, nearest_neighbours
+
+        t = self.conf.topk
+        popular = [
+            index[int(r["item_id"])]
+            for r in state.item_popularity.orderBy(F.desc("count"), "item_id").limit(t.candidate_popular).collect()
+            if int(r["item_id"]) in index
+        ]
+        with torch.no_grad():
+            vectors = served.model.item_vectors()[1:].float().numpy()
+        log.info("candidate step on: %d items > topk.candidate_threshold %d", pic.shape[1], t.candidate_threshold)
+        return Candidates(
+            category_top=category_top(pic, t.candidate_category_items),
+            neighbours=nearest_neighbours(vectors, t.candidate_neighbours),
+            popular=np.asarray(popular, dtype=np.int64),
+            categories_per_user=t.candidate_categories,
         )
 
     def _extra_users(self) -> DataFrame | None:
@@ -203,13 +246,21 @@ class TopKJob:
         arrays = user_interest_arrays(interest, ds).drop("interest_as_of")
         q = interest_arrays(predicted_interest(users, state, self.conf.migration))
         frame = users.join(hist, "user_id", "left").join(arrays, "user_id", "left").join(q, "user_id", "left")
+        # Users with events the state has not seen yet: their interest is inferred from their items' categories.
+        stateless = users.join(state.interest.select("user_id"), "user_id", "left_anti")
+        frame = frame.join(inferred_interest(events.join(stateless, "user_id", "left_semi"), state.item_cats,
+                                             categories), "user_id", "left")
         if extra is not None:
             # Cold start: a user with no history and declared categories predicts inside them, uniformly.
-            frame = frame.join(declared_interest(extra, categories), "user_id", "left").select(
-                "*",
-                F.when(F.col("item_ids").isNull() & F.col("q_declared").isNotNull(), F.col("q_declared"))
-                .otherwise(F.col("q")).alias("q_final"),
-            ).drop("q").withColumnRenamed("q_final", "q")
+            frame = frame.join(declared_interest(extra, categories), "user_id", "left")
+        else:
+            frame = frame.withColumn("q_declared", F.lit(None).cast("array<double>"))
+        q_final = (
+            F.when(F.col("item_ids").isNull() & F.col("q_declared").isNotNull(), F.col("q_declared"))
+            .when(F.col("q_inferred").isNotNull(), F.col("q_inferred"))
+            .otherwise(F.col("q"))
+        )
+        frame = frame.withColumn("q", q_final)
         return frame.select("user_id", "item_ids", "consumed", "interest_categories", "interest_p", "q", "rise")
 
     def prepare(self, ds: dt.date) -> Prepared:
@@ -254,8 +305,7 @@ class TopKJob:
 
     def run(self, ds: dt.date) -> TopKReport:
         rows, served, n_users = self.recommendations(ds)
-        lakehouse.replace_where(self.spark, self.conf, RECOMMENDATIONS, rows, f"ds = '{ds.isoformat()}'")
-        written = lakehouse.read_table(self.spark, self.conf, RECOMMENDATIONS).where(F.col("ds") == F.lit(ds)).count()
+        written = lakehouse.replace_where(self.spark, self.conf, RECOMMENDATIONS, rows, f"ds = '{ds.isoformat()}'")
         report = TopKReport(ds, n_users, written, served.version, served.new_items, served.space.n_items)
         log.info(report.summary())
         return report

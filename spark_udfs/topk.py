@@ -53,6 +53,7 @@ class ScoringAssets:
     recent_items: int
     rising_margin: float
     torch_threads: int = 1
+    candidates: object = None  # spark_udfs.candidates.Candidates above topk.candidate_threshold, else None
     meta: dict = field(default_factory=dict)
 
 
@@ -77,8 +78,12 @@ def build_model(assets: ScoringAssets):
     return model
 
 
-def model_probabilities(model, assets: ScoringAssets, pdf: pd.DataFrame) -> np.ndarray:
-    """(B, n) float64: softmax of the model's scores after each user's history."""
+def model_probabilities(model, assets: ScoringAssets, pdf: pd.DataFrame, cols: np.ndarray | None = None) -> np.ndarray:
+    """(B, n) float64: softmax of the model's scores after each user's history.
+
+    With ``cols`` (B, M candidate indices, padded with n) only those items are scored: (B, M), the softmax taken over
+    the user's candidates (the full normaliser would cost the full product the candidate step avoids).
+    """
     import torch
 
     from driftrec.models.batches import interest_matrix
@@ -92,22 +97,43 @@ def model_probabilities(model, assets: ScoringAssets, pdf: pd.DataFrame) -> np.n
     interest = interest_matrix(pdf["interest_categories"], pdf["interest_p"], cindex,
                                int(assets.model_params["n_categories"]))
     with torch.no_grad():
-        logits = model.score(torch.as_tensor(seq), torch.as_tensor(interest)).double()
-        return torch.softmax(logits, dim=1).numpy()
+        if cols is None:
+            logits = model.score(torch.as_tensor(seq), torch.as_tensor(interest))
+        else:
+            items = model.item_vectors()
+            h = model.hidden(torch.as_tensor(seq), torch.as_tensor(interest), items)[:, -1]
+            valid = torch.as_tensor(cols < len(assets.item_ids))
+            rows = items[torch.as_tensor(np.where(cols < len(assets.item_ids), cols, 0)) + 1]
+            logits = torch.einsum("bd,bmd->bm", h, rows).masked_fill(~valid, float("-inf"))
+        return torch.softmax(logits.double(), dim=1).numpy()
 
 
 def recent_indices(assets: ScoringAssets, items) -> np.ndarray:
     """The last ``recent_items`` items of a history, most recent first, as catalogue indices (-1 = unknown)."""
+    if items is None or len(items) == 0:
+        return np.zeros(0, np.int64)
     last = np.asarray(items, dtype=np.int64)[-assets.recent_items :][::-1]
     return pd.Index(assets.item_ids).get_indexer(last)
 
 
-def migration_terms(assets: ScoringAssets, pdf: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(item_term, category_term, w)``: (B, n), (B, n), (B,)."""
-    n = len(assets.item_ids)
+def _positions(row: np.ndarray, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where ``items`` sit in the ascending ``row``: ``(positions, found)``."""
+    pos = np.searchsorted(row, items)
+    found = pos < len(row)
+    found[found] = row[pos[found]] == items[found]
+    return pos, found
+
+
+def migration_terms(assets: ScoringAssets, pdf: pd.DataFrame,
+                    cols: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(item_term, category_term, w)``: (B, n), (B, n), (B,); (B, M), (B, M), (B,) over candidates ``cols``."""
     q = np.stack([np.asarray(x, dtype=np.float64) for x in pdf["q"]])
-    cat_term = q @ assets.pic
-    item_term = np.zeros((len(pdf), n))
+    if cols is None:
+        cat_term = q @ assets.pic
+    else:
+        pic_t = np.vstack([assets.pic.T, np.zeros((1, assets.pic.shape[0]))])  # row n: the padding, all zero
+        cat_term = np.einsum("bc,bmc->bm", q, pic_t[cols])
+    item_term = np.zeros_like(cat_term)
     w = np.zeros(len(pdf))
     ptr, idx, prob = assets.succ_indptr, assets.succ_indices, assets.succ_probs
     for u, items in enumerate(pdf["item_ids"]):
@@ -117,36 +143,92 @@ def migration_terms(assets: ScoringAssets, pdf: pd.DataFrame) -> tuple[np.ndarra
         recent = recent_indices(assets, items)
         for r in recent[recent >= 0]:
             lo, hi = ptr[r], ptr[r + 1]
-            item_term[u, idx[lo:hi]] += prob[lo:hi]
+            if cols is None:
+                item_term[u, idx[lo:hi]] += prob[lo:hi]
+            else:
+                pos, found = _positions(cols[u], idx[lo:hi])
+                np.add.at(item_term[u], pos[found], prob[lo:hi][found])
         item_term[u] /= min(len(items), assets.recent_items)
     return item_term, cat_term, w
 
 
 def top_k(scores: np.ndarray, item_ids: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the k best scores per row, best first, ties by ascending item id (-inf never chosen)."""
+    """Column indices of the k best scores per row, best first, ties by ascending item id (-inf never chosen).
+
+    ``item_ids`` is (n,) for the whole catalogue or (B, M) per row (candidate columns); -1 pads short rows.
+    """
     n = scores.shape[1]
-    out = np.full((scores.shape[0], min(k, n)), -1, dtype=np.int64)
+    kk = min(k, n)
+    out = np.full((scores.shape[0], kk), -1, dtype=np.int64)
     for u, row in enumerate(scores):
-        kk = min(k, n)
+        ids = item_ids if item_ids.ndim == 1 else item_ids[u]
         kth = np.partition(row, n - kk)[n - kk]
         cand = np.flatnonzero(row >= kth)
         cand = cand[np.isfinite(row[cand])]
-        order = cand[np.lexsort((item_ids[cand], -row[cand]))][:kk]
+        order = cand[np.lexsort((ids[cand], -row[cand]))][:kk]
         out[u, : len(order)] = order
     return out
 
 
-def _successor_prob(assets: ScoringAssets, r: int, j: int) -> float:
-    lo, hi = assets.succ_indptr[r], assets.succ_indptr[r + 1]
-    hit = np.flatnonzero(assets.succ_indices[lo:hi] == j)
-    return float(assets.succ_probs[lo + hit[0]]) if len(hit) else 0.0
+def use_candidates(assets: ScoringAssets, candidates: bool | None) -> bool:
+    if candidates and assets.candidates is None:
+        raise ValueError("candidate scoring asked for, but the assets carry no candidate lists")
+    return assets.candidates is not None if candidates is None else candidates
 
 
-def score_batch(assets: ScoringAssets, pdf: pd.DataFrame, model=None) -> pd.DataFrame:
-    """One batch of users -> their top-k rows (``OUTPUT_SCHEMA``)."""
+def candidate_columns(assets: ScoringAssets, pdf: pd.DataFrame) -> np.ndarray:
+    """(B, M) candidate item indices per user (padded with n), from :mod:`spark_udfs.candidates`."""
+    from spark_udfs.candidates import candidate_sets
+
+    recent = [r[r >= 0] for r in (recent_indices(assets, items) for items in pdf["item_ids"])]
+    q = np.stack([np.asarray(x, dtype=np.float64) for x in pdf["q"]])
+    rise = np.stack([np.zeros(q.shape[1]) if x is None else np.asarray(x, dtype=np.float64) for x in pdf["rise"]])
+    return candidate_sets(assets.candidates, q, rise, recent, assets.succ_indptr, assets.succ_indices,
+                          assets.rising_margin, len(assets.item_ids))
+
+
+def _reasons(assets: ScoringAssets, recent: np.ndarray, q: np.ndarray, rise: np.ndarray, chosen: np.ndarray,
+             known: bool, succ_wins: np.ndarray) -> tuple[list, list, list]:
+    """Per chosen item: the strongest source item among ``recent`` (ties: the more recent), the strongest category
+    (ties: by name) and the reason kind."""
+    via_p = np.zeros(len(chosen))
+    via_r = np.full(len(chosen), -1, dtype=np.int64)
+    for r in recent:
+        lo, hi = assets.succ_indptr[r], assets.succ_indptr[r + 1]
+        if hi == lo:
+            continue
+        pos, found = _positions(assets.succ_indices[lo:hi], chosen)
+        p = np.where(found, assets.succ_probs[lo + np.minimum(pos, hi - lo - 1)], 0.0)
+        better = p > via_p
+        via_p[better], via_r[better] = p[better], r
+    if len(q):
+        contrib = q[:, None] * assets.pic[:, chosen]
+        c, has_cat = contrib.argmax(axis=0), contrib.max(axis=0) > 0
+        rising = has_cat & (rise[c] > assets.rising_margin)
+    else:
+        c, has_cat = np.zeros(len(chosen), np.int64), np.zeros(len(chosen), bool)
+        rising = has_cat
+    if not known:
+        kinds = np.where(has_cat, POPULAR_IN, POPULAR)
+    else:
+        kinds = np.select([(via_r >= 0) & succ_wins, rising, has_cat], [SUCCESSOR, RISING, CATEGORY], POPULAR)
+    via_item = [int(assets.item_ids[r]) if r >= 0 else None for r in via_r]
+    via_cat = [assets.markov_categories[int(x)] if h else None for x, h in zip(c, has_cat, strict=True)]
+    return via_item, via_cat, list(kinds)
+
+
+def score_batch(assets: ScoringAssets, pdf: pd.DataFrame, model=None, candidates: bool | None = None) -> pd.DataFrame:
+    """One batch of users -> their top-k rows (``OUTPUT_SCHEMA``).
+
+    ``candidates``: rank only each user's candidate set (None: whenever the assets carry candidate lists, i.e. the
+    catalogue is above ``topk.candidate_threshold``); False forces the whole catalogue.
+    """
+    columns = [c.split()[0] for c in OUTPUT_SCHEMA.split(", ")]
     if len(pdf) == 0:
-        return pd.DataFrame(columns=[c.split()[0] for c in OUTPUT_SCHEMA.split(", ")])
-    item_term, cat_term, w = migration_terms(assets, pdf)
+        return pd.DataFrame(columns=columns)
+    n = len(assets.item_ids)
+    cols = candidate_columns(assets, pdf) if use_candidates(assets, candidates) else None
+    item_term, cat_term, w = migration_terms(assets, pdf, cols)
     migration = w[:, None] * item_term + (1.0 - w[:, None]) * cat_term
     # A user without history (cold start) has nothing for the model to read: migration only, i.e. popularity
     # inside their declared categories (or everyone's).
@@ -154,48 +236,52 @@ def score_batch(assets: ScoringAssets, pdf: pd.DataFrame, model=None) -> pd.Data
     model_p = np.zeros_like(migration)
     if assets.blend < 1.0 and known.any():
         model = model if model is not None else build_model(assets)
-        model_p[known] = model_probabilities(model, assets, pdf[known].reset_index(drop=True))
+        model_p[known] = model_probabilities(model, assets, pdf[known].reset_index(drop=True),
+                                             None if cols is None else cols[known])
     blend = np.where(known, assets.blend, 1.0)[:, None]
     score = (1.0 - blend) * model_p + blend * migration
+    if cols is not None:
+        score[cols >= n] = -np.inf
     index = pd.Index(assets.item_ids)
     for u, consumed in enumerate(pdf["consumed"]):
         if consumed is not None and len(consumed):
             pos = index.get_indexer(np.asarray(consumed, dtype=np.int64))
-            score[u, pos[pos >= 0]] = -np.inf
-    best = top_k(score, assets.item_ids, assets.k)
+            pos = pos[pos >= 0]
+            if cols is not None:
+                at, found = _positions(cols[u], np.sort(pos))
+                pos = at[found]
+            score[u, pos] = -np.inf
+    ids = assets.item_ids if cols is None else np.append(assets.item_ids, -1)[cols]
+    best = top_k(score, ids, assets.k)
 
-    rows = []
-    cats = assets.markov_categories
+    out = []
     for u, (user_id, items, q, rise) in enumerate(zip(pdf["user_id"], pdf["item_ids"], pdf["q"], pdf["rise"],
                                                       strict=True)):
-        recent = recent_indices(assets, items) if items is not None and len(items) else np.zeros(0, np.int64)
+        at = best[u][best[u] >= 0]
+        if len(at) == 0:
+            continue
+        chosen = at if cols is None else cols[u, at]
+        recent = recent_indices(assets, items)
         q = np.asarray(q, dtype=np.float64)
-        rise = np.asarray(rise, dtype=np.float64)
-        for rank, j in enumerate(best[u], start=1):
-            if j < 0:
-                break
-            # Strongest source item (ties: the more recent one) and strongest category (ties: by name).
-            via_item, via_p = None, 0.0
-            for r in recent[recent >= 0]:
-                p = _successor_prob(assets, int(r), int(j))
-                if p > via_p:
-                    via_item, via_p = int(assets.item_ids[r]), p
-            contrib = q * assets.pic[:, j]
-            c = int(np.argmax(contrib)) if len(contrib) and contrib.max() > 0 else -1
-            via_cat = cats[c] if c >= 0 else None
-            if not known[u]:
-                kind = POPULAR_IN if via_cat is not None else POPULAR
-            elif via_item is not None and w[u] * item_term[u, j] >= (1.0 - w[u]) * cat_term[u, j]:
-                kind = SUCCESSOR
-            elif via_cat is not None and rise[c] > assets.rising_margin:
-                kind = RISING
-            elif via_cat is not None:
-                kind = CATEGORY
-            else:
-                kind = POPULAR
-            rows.append((int(user_id), rank, int(assets.item_ids[j]), float(score[u, j]), float(model_p[u, j]),
-                         float(migration[u, j]), via_item, via_cat, kind))
-    return pd.DataFrame(rows, columns=[c.split()[0] for c in OUTPUT_SCHEMA.split(", ")])
+        rise = np.zeros_like(q) if rise is None else np.asarray(rise, dtype=np.float64)
+        succ_wins = w[u] * item_term[u, at] >= (1.0 - w[u]) * cat_term[u, at]
+        via_item, via_cat, kinds = _reasons(assets, recent[recent >= 0], q, rise, chosen, bool(known[u]), succ_wins)
+        out.append(pd.DataFrame({
+            "user_id": np.full(len(at), int(user_id), np.int64), "rank": np.arange(1, len(at) + 1, dtype=np.int32),
+            "item_id": assets.item_ids[chosen], "score": score[u, at], "model_score": model_p[u, at],
+            "migration_score": migration[u, at], "via_item": pd.array(via_item, dtype="Int64"),
+            "via_category": via_cat, "reason_kind": kinds,
+        }))
+    return pd.concat(out, ignore_index=True) if out else pd.DataFrame(columns=columns)
+
+
+def candidate_recall(assets: ScoringAssets, pdf: pd.DataFrame, model=None) -> tuple[float, float]:
+    """``(recall, mean candidates per user)``: the share of full-catalogue top-k rows the candidate step keeps."""
+    full = score_batch(assets, pdf, model, candidates=False)
+    cand = score_batch(assets, pdf, model, candidates=True)
+    hits = full.merge(cand, on=["user_id", "item_id"]).shape[0]
+    width = float(np.mean(np.sum(candidate_columns(assets, pdf) < len(assets.item_ids), axis=1)))
+    return (hits / len(full) if len(full) else 1.0), width
 
 
 def topk_udf(assets_broadcast, users_per_batch: int):
