@@ -96,16 +96,19 @@ def model_probabilities(model, assets: ScoringAssets, pdf: pd.DataFrame, cols: n
     cindex = {c: i + 1 for i, c in enumerate(assets.model_categories)}
     interest = interest_matrix(pdf["interest_categories"], pdf["interest_p"], cindex,
                                int(assets.model_params["n_categories"]))
+    # Logits in float64 from the float32 hidden state and item vectors: the full product and the candidate gather
+    # then agree to ~1e-16, so near-ties rank the same way in both (float32 kernels differ by ~1e-7).
     with torch.no_grad():
+        items = model.item_vectors()
+        h = model.hidden(torch.as_tensor(seq), torch.as_tensor(interest), items)[:, -1].double()
+        items = items.double()
         if cols is None:
-            logits = model.score(torch.as_tensor(seq), torch.as_tensor(interest))
+            logits = h @ items[1:].T
         else:
-            items = model.item_vectors()
-            h = model.hidden(torch.as_tensor(seq), torch.as_tensor(interest), items)[:, -1]
             valid = torch.as_tensor(cols < len(assets.item_ids))
             rows = items[torch.as_tensor(np.where(cols < len(assets.item_ids), cols, 0)) + 1]
             logits = torch.einsum("bd,bmd->bm", h, rows).masked_fill(~valid, float("-inf"))
-        return torch.softmax(logits.double(), dim=1).numpy()
+        return torch.softmax(logits, dim=1).numpy()
 
 
 def recent_indices(assets: ScoringAssets, items) -> np.ndarray:
