@@ -43,16 +43,14 @@ def validation_targets(events: pd.DataFrame, users: pd.DataFrame, day: dt.date) 
 def blend_grid(assets, pdf: pd.DataFrame, targets: np.ndarray, grid=GRID, batch: int = 256) -> pd.DataFrame:
     """Per blend weight: NDCG@10, HR@10 (full catalogue, consumed items excluded) over the rows of ``pdf``."""
     from driftrec.models.evaluation import hit_rate_at_k, ndcg_at_k, target_ranks
-    from spark_udfs.topk import build_model, migration_terms, model_probabilities
+    from spark_udfs.topk import build_model, score_parts
 
     model = build_model(assets)
-    index = pd.Index(assets.item_ids)
+    index = assets.index
     ranks = {w: [] for w in grid}
     for lo in range(0, len(pdf), batch):
         b = pdf.iloc[lo : lo + batch].reset_index(drop=True)
-        item_term, cat_term, w_item = migration_terms(assets, b)
-        migration = w_item[:, None] * item_term + (1.0 - w_item[:, None]) * cat_term
-        model_p = model_probabilities(model, assets, b)
+        _, _, _, migration, model_p, _ = score_parts(assets, b, model, with_model=True)
         mask = np.zeros_like(migration, dtype=bool)
         for u, consumed in enumerate(b["consumed"]):
             pos = index.get_indexer(np.asarray(consumed, dtype=np.int64))

@@ -81,10 +81,15 @@ def table_exists(spark: SparkSession, conf: Config, spec: TableSpec) -> bool:
     return DeltaTable.isDeltaTable(spark, conf.table_path(spec.logical))
 
 
-def _merge_result(table: DeltaTable) -> MergeResult:
-    """Row counts of the table's latest commit (the MERGE just run), from Delta's operation metrics."""
+def _last_commit_metrics(table: DeltaTable) -> dict:
+    """Delta's operation metrics of the table's latest commit (the write just run)."""
     row = table.history(1).select("operationMetrics").first()
-    metrics = dict(row["operationMetrics"] or {}) if row else {}
+    return dict(row["operationMetrics"] or {}) if row else {}
+
+
+def _merge_result(table: DeltaTable) -> MergeResult:
+    """Row counts of the table's latest commit (the MERGE just run)."""
+    metrics = _last_commit_metrics(table)
     return MergeResult(
         inserted=int(metrics.get("numTargetRowsInserted", 0)),
         updated=int(metrics.get("numTargetRowsUpdated", 0)),
@@ -136,8 +141,7 @@ def replace_where(spark: SparkSession, conf: Config, spec: TableSpec, df: DataFr
     ensure_table(spark, conf, spec)
     path = conf.table_path(spec.logical)
     conform(df, spec).write.format("delta").mode("overwrite").option("replaceWhere", predicate).save(path)
-    row = DeltaTable.forPath(spark, path).history(1).select("operationMetrics").first()
-    return int(dict(row["operationMetrics"] or {}).get("numOutputRows", 0)) if row else 0
+    return int(_last_commit_metrics(DeltaTable.forPath(spark, path)).get("numOutputRows", 0))
 
 
 def table_version(spark: SparkSession, conf: Config, spec: TableSpec) -> int:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import io
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
@@ -56,6 +57,11 @@ class ScoringAssets:
     candidates: object = None  # spark_udfs.candidates.Candidates above topk.candidate_threshold, else None
     meta: dict = field(default_factory=dict)
 
+    @cached_property
+    def index(self) -> pd.Index:
+        """item id -> catalogue index, hashed once per worker instead of once per user."""
+        return pd.Index(self.item_ids)
+
 
 _MODEL_CACHE: dict[str, object] = {}
 
@@ -89,7 +95,7 @@ def model_probabilities(model, assets: ScoringAssets, pdf: pd.DataFrame, cols: n
     from driftrec.models.batches import interest_matrix
     from driftrec.models.sasrec import pad_left
 
-    index = pd.Index(assets.item_ids)
+    index = assets.index
     max_len = int(assets.model_params["max_seq_len"])
     seqs = [index.get_indexer(np.asarray(s, dtype=np.int64)) + 1 for s in pdf["item_ids"]]
     seq = pad_left([s[s > 0][-max_len:] for s in seqs], max_len)
@@ -116,7 +122,7 @@ def recent_indices(assets: ScoringAssets, items) -> np.ndarray:
     if items is None or len(items) == 0:
         return np.zeros(0, np.int64)
     last = np.asarray(items, dtype=np.int64)[-assets.recent_items :][::-1]
-    return pd.Index(assets.item_ids).get_indexer(last)
+    return assets.index.get_indexer(last)
 
 
 def _positions(row: np.ndarray, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -220,6 +226,24 @@ def _reasons(assets: ScoringAssets, recent: np.ndarray, q: np.ndarray, rise: np.
     return via_item, via_cat, list(kinds)
 
 
+def score_parts(assets: ScoringAssets, pdf: pd.DataFrame, model=None, cols: np.ndarray | None = None,
+                with_model: bool | None = None):
+    """``(item_term, category_term, w, migration, model_p, known)`` over the catalogue (or candidates ``cols``).
+
+    A user without history (cold start) has nothing for the model to read: ``model_p`` stays 0 and ``known`` False,
+    so the blend gives them migration only, i.e. popularity inside their declared categories (or everyone's).
+    """
+    item_term, cat_term, w = migration_terms(assets, pdf, cols)
+    migration = w[:, None] * item_term + (1.0 - w[:, None]) * cat_term
+    known = np.array([x is not None and len(x) > 0 for x in pdf["item_ids"]])
+    model_p = np.zeros_like(migration)
+    if (assets.blend < 1.0 if with_model is None else with_model) and known.any():
+        model = model if model is not None else build_model(assets)
+        model_p[known] = model_probabilities(model, assets, pdf[known].reset_index(drop=True),
+                                             None if cols is None else cols[known])
+    return item_term, cat_term, w, migration, model_p, known
+
+
 def score_batch(assets: ScoringAssets, pdf: pd.DataFrame, model=None, candidates: bool | None = None) -> pd.DataFrame:
     """One batch of users -> their top-k rows (``OUTPUT_SCHEMA``).
 
@@ -231,21 +255,12 @@ def score_batch(assets: ScoringAssets, pdf: pd.DataFrame, model=None, candidates
         return pd.DataFrame(columns=columns)
     n = len(assets.item_ids)
     cols = candidate_columns(assets, pdf) if use_candidates(assets, candidates) else None
-    item_term, cat_term, w = migration_terms(assets, pdf, cols)
-    migration = w[:, None] * item_term + (1.0 - w[:, None]) * cat_term
-    # A user without history (cold start) has nothing for the model to read: migration only, i.e. popularity
-    # inside their declared categories (or everyone's).
-    known = np.array([x is not None and len(x) > 0 for x in pdf["item_ids"]])
-    model_p = np.zeros_like(migration)
-    if assets.blend < 1.0 and known.any():
-        model = model if model is not None else build_model(assets)
-        model_p[known] = model_probabilities(model, assets, pdf[known].reset_index(drop=True),
-                                             None if cols is None else cols[known])
+    item_term, cat_term, w, migration, model_p, known = score_parts(assets, pdf, model, cols)
     blend = np.where(known, assets.blend, 1.0)[:, None]
     score = (1.0 - blend) * model_p + blend * migration
     if cols is not None:
         score[cols >= n] = -np.inf
-    index = pd.Index(assets.item_ids)
+    index = assets.index
     for u, consumed in enumerate(pdf["consumed"]):
         if consumed is not None and len(consumed):
             pos = index.get_indexer(np.asarray(consumed, dtype=np.int64))
