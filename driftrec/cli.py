@@ -37,8 +37,9 @@ def cmd_migrate(args) -> int:
     from jobs.migrate import run_from_args
 
     conf = config_from_args(args)
-    if (args.date is None) == (args.start is None or args.end is None):
-        raise SystemExit("driftrec migrate: give either --date, or both --from and --to")
+    modes = [args.date is not None, args.start is not None or args.end is not None, args.rebuild is not None]
+    if sum(modes) != 1 or (modes[1] and (args.start is None or args.end is None)):
+        raise SystemExit("driftrec migrate: give one of --date, both --from and --to, or --rebuild-through")
     for report in run_from_args(_spark(conf, "driftrec-migrate"), conf, args):
         print(report.summary())
     return 0
@@ -65,6 +66,16 @@ def cmd_topk(args) -> int:
 
     conf = config_from_args(args)
     print(TopKJob(_spark(conf, "driftrec-topk"), conf).run(args.date).summary())
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from jobs.evaluate import EvaluationJob
+
+    conf = config_from_args(args)
+    report = EvaluationJob(_spark(conf, "driftrec-evaluate"), conf, args.dataset, args.run_id).run()
+    print(report.table().round(4).to_string())
+    print(f"run {report.run_id}: {report.seconds} s; report {report.report_path}")
     return 0
 
 
@@ -200,6 +211,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_flags(p)
     p.add_argument("--date", type=parse_date, required=True, help="the night to score (YYYY-MM-DD)")
     p.set_defaults(func=cmd_topk)
+
+    p = sub.add_parser("evaluate", help="offline evaluation of every system under both protocols, with a report")
+    add_config_flags(p)
+    from jobs.evaluate import add_arguments as evaluate_args
+
+    evaluate_args(p)
+    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("ingest", help="ingest events and an item catalogue")
     add_config_flags(p)

@@ -236,6 +236,26 @@ class TopKConfig(_Section):
     candidate_popular: int = Field(default=100, ge=0)  # most popular items, for every user
 
 
+class EvaluationConfig(_Section):
+    """Offline evaluation (jobs/evaluate.py): protocols, cut-offs, baselines; every system ranks the full catalogue."""
+
+    protocols: list[Literal["temporal", "leave_one_out"]] = ["temporal", "leave_one_out"]
+    ks: list[int] = [10, 20]
+    # Temporal: events up to the cutoff train; the next horizon_days are the truth. Empty cutoff: horizon_days
+    # before the last event date.
+    cutoff: str = ""
+    horizon_days: int = Field(default=30, ge=1)
+    recent_days: int = Field(default=30, ge=1)  # window of the "popular recently" baseline, ending at the cutoff
+    # Spark MLlib ALS (implicit feedback, one per user-item pair weighted by the event count).
+    als_rank: int = Field(default=64, ge=1)
+    als_reg: float = Field(default=0.05, gt=0)
+    als_alpha: float = Field(default=10.0, gt=0)
+    als_iterations: int = Field(default=15, ge=1)
+    epochs: int | None = Field(default=None, ge=1)  # training epochs for the evaluated models (None: training.epochs)
+    work_dir: str = ""  # scratch lakehouses, one per protocol; empty: <lakehouse.root>/_evaluation
+    report: str = ""  # HTML report path; empty: <work_dir>/report.html
+
+
 class Config(_Section):
     lakehouse: LakehouseConfig = Field(default_factory=LakehouseConfig)
     tables: TablesConfig = Field(default_factory=TablesConfig)
@@ -246,6 +266,7 @@ class Config(_Section):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     migration: MigrationConfig = Field(default_factory=MigrationConfig)
     topk: TopKConfig = Field(default_factory=TopKConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
 
     def table_path(self, logical: str) -> str:
         """Filesystem location of a table, by its logical name (e.g. ``"events"``)."""

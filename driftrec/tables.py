@@ -401,7 +401,7 @@ EVALUATION_RUNS = TableSpec(
             _f("created_at", T.TimestampType(), False),
         ]
     ),
-    key=("run_id", "system", "segment", "k", "metric"),
+    key=("run_id", "protocol", "system", "segment", "k", "metric"),
     comment="Offline metrics, full-catalogue ranking; one row per run, system, segment, cut-off and metric.",
 )
 

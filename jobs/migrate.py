@@ -141,6 +141,49 @@ class MigrationJob:
             log.info("catching up the nights %s..%s since the watermark", start, day)
         return self._batches(self._prepare(start), day)
 
+    def rebuild(self, cutoff: dt.date) -> NightReport:
+        """The whole state as of ``cutoff`` from every stored event up to it, in one pass (:mod:`..bulk`).
+
+        For a first load of a long history, or an evaluation cutoff: thousands of nights cost what one does. Refuses
+        a lakehouse that already has processed nights (their state would be silently replaced); nightly runs continue
+        from ``cutoff`` afterwards, and a backfill before it recomputes night by night from the first event.
+        """
+        from driftrec.migration.bulk import build_state
+
+        spark, conf = self.spark, self.conf
+        lakehouse.ensure_tables(spark, conf, MIGRATION_TABLES)
+        self._ready = True
+        if self.processed_dates():
+            raise ValueError(
+                f"migration state already holds nights up to {self.processed_dates()[-1]}: a rebuild would replace it;"
+                " rebuild into a fresh lakehouse, or continue with --date/--from/--to"
+            )
+        versions = {spec.logical: lakehouse.table_version(spark, conf, spec) for spec in VERSIONED}
+        built = build_state(spark, self.m, lakehouse.read_table(spark, conf, EVENTS), item_categories(spark, conf),
+                            cutoff)
+        batch_id = "rebuild-" + uuid.uuid4().hex
+        days = [cutoff]
+        self._log_batch(batch_id, days, versions, STARTED, start=built.first_day)
+        for spec, df in (
+            (USER_TRANSITIONS, built.user_transitions), (CATEGORY_TRANSITIONS, built.category_transitions),
+            (ITEM_TRANSITION_COUNTS, built.item_transition_counts), (ITEM_TRANSITIONS, built.item_transitions),
+            (ITEM_POPULARITY, built.item_popularity), (USER_INTEREST, built.user_interest),
+            (USER_LAST_EVENT, built.user_last_event), (USER_DRIFT, built.user_drift),
+        ):
+            lakehouse.replace_where(spark, conf, spec, df, "true")
+        params = spark.createDataFrame(
+            [(cutoff, built.a, built.b, built.method, built.log_likelihood, built.log_likelihood_default,
+              built.n_events, built.n_fit_events, built.n_users)],
+            "ds date, a double, b double, method string, log_likelihood double, log_likelihood_default double, "
+            "n_events long, n_fit_events double, n_users long",
+        ).withColumn("finished_at", F.current_timestamp())
+        lakehouse.replace_where(spark, conf, DRIFT_PARAMS, params, "true")
+        self._log_batch(batch_id, days, versions, FINISHED, start=built.first_day)
+        report = NightReport(cutoff, built.n_events, built.n_users, built.a, built.b, built.method,
+                             built.log_likelihood)
+        log.info("rebuilt through %s from %s: %s", cutoff, built.first_day, report.summary())
+        return report
+
     def backfill(self, start: dt.date, end: dt.date) -> list[NightReport]:
         """Every night from ``start`` to ``end`` inclusive, in order (empty days included: decay advances)."""
         if end < start:
@@ -178,8 +221,9 @@ class MigrationJob:
         self._log_batch(batch_id, done, versions, FINISHED)
         return reports
 
-    def _log_batch(self, batch_id: str, days: list[dt.date], versions: dict[str, int], status: str) -> None:
-        rows = [(d, batch_id, days[0], days[-1], status, versions) for d in days]
+    def _log_batch(self, batch_id: str, days: list[dt.date], versions: dict[str, int], status: str,
+                   start: dt.date | None = None) -> None:
+        rows = [(d, batch_id, start or days[0], days[-1], status, versions) for d in days]
         df = self.spark.createDataFrame(
             rows,
             "ds date, batch_id string, batch_start date, batch_end date, status string, "
@@ -357,10 +401,14 @@ def add_arguments(parser) -> None:
     parser.add_argument("--date", type=parse_date, help="the night to process (YYYY-MM-DD, UTC)")
     parser.add_argument("--from", dest="start", type=parse_date, help="first night of a backfill")
     parser.add_argument("--to", dest="end", type=parse_date, help="last night of a backfill (inclusive)")
+    parser.add_argument("--rebuild-through", dest="rebuild", type=parse_date,
+                        help="build the state as of this date from all history in one pass (empty state only)")
 
 
 def run_from_args(spark: SparkSession, conf: Config, args) -> list[NightReport]:
     job = MigrationJob(spark, conf)
+    if args.rebuild is not None:
+        return [job.rebuild(args.rebuild)]
     if args.date is not None:
         return job.run(args.date)
     return job.backfill(args.start, args.end)
@@ -373,8 +421,9 @@ def entrypoint(argv: list[str] | None = None) -> int:
     parser = base_parser("Interest migration: transitions, decayed counts, interest drift for one night or a range.")
     add_arguments(parser)
     args = parser.parse_args(argv)
-    if (args.date is None) == (args.start is None or args.end is None) or (args.date and (args.start or args.end)):
-        parser.error("give either --date, or both --from and --to")
+    modes = [args.date is not None, args.start is not None or args.end is not None, args.rebuild is not None]
+    if sum(modes) != 1 or (modes[1] and (args.start is None or args.end is None)):
+        parser.error("give one of --date, both --from and --to, or --rebuild-through")
     conf = config_from_args(args)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     spark = build_spark(conf, app_name="driftrec-migrate")

@@ -47,3 +47,17 @@ def put_items(spark, conf, rows) -> None:
         F.current_timestamp().alias("updated_at"),
     )
     lakehouse.merge_upsert(spark, conf, ITEMS, df)
+
+
+def assert_rows_close(got: list[tuple], want: list[tuple], what: str, rel: float = 1e-12) -> None:
+    """Sorted row lists equal, floats to ``rel`` (Spark's sums may add in another order: last-bit differences)."""
+    import pytest
+
+    assert len(got) == len(want), f"{what}: {len(got)} rows != {len(want)}"
+    for g, w in zip(got, want):
+        assert len(g) == len(w), what
+        for x, y in zip(g, w):
+            if isinstance(x, float) and isinstance(y, float):
+                assert x == pytest.approx(y, rel=rel, abs=1e-15), (what, g, w)
+            else:
+                assert x == y, (what, g, w)

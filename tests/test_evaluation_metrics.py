@@ -48,7 +48,7 @@ def test_metrics_match_hand_computed_values(spark):
 def test_splits_hold_out_the_right_events(spark):
     import datetime as dt
 
-    from driftrec.evaluation.protocols import leave_one_out, temporal
+    from driftrec.evaluation.protocols import leave_one_out, leave_one_out_for_validation, temporal
 
     d = dt.date(2026, 1, 1)
     rows = [(f"e{u}{i}", u, 100 * u + i, dt.datetime(2026, 1, 1 + i), d + dt.timedelta(days=i))
@@ -59,7 +59,11 @@ def test_splits_hold_out_the_right_events(spark):
     loo = leave_one_out(ev)
     assert sorted(map(tuple, loo.truth.collect())) == [(1, 101)]  # user 1's last event; user 2 has too few
     assert sorted(map(tuple, loo.valid.collect())) == [(1, 104)]
-    assert sorted(r["event_id"] for r in loo.train.collect()) == ["e10", "e11", "e12", "e13", "e20", "e21"]
+    # The test run sees the validation event as history; tuning sees neither held-out event.
+    assert sorted(r["event_id"] for r in loo.train.collect()) == ["e10", "e11", "e12", "e13", "e14", "e20", "e21"]
+    tune = leave_one_out_for_validation(ev)
+    assert sorted(r["event_id"] for r in tune.train.collect()) == ["e10", "e11", "e12", "e13", "e20", "e21"]
+    assert sorted(map(tuple, tune.truth.collect())) == [(1, 104)]
 
     t = temporal(ev, d + dt.timedelta(days=2), horizon_days=3)
     assert t.train.agg({"event_date": "max"}).first()[0] == d + dt.timedelta(days=2)
