@@ -22,12 +22,14 @@ import argparse
 import datetime as dt
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-latest-small"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: `benchmarks.*` must import
 
 
 def register_untrained_model(spark, conf, ds: dt.date, events) -> int:
