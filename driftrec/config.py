@@ -228,12 +228,15 @@ class TopKConfig(_Section):
     extra_users: str = ""
     # Candidate step (spark_udfs/candidates.py): above this many catalogue items each user is ranked over a candidate
     # set instead of the whole catalogue (0 = always). Sources: successors of recent items, the top items of the
-    # user's strongest and rising categories, embedding neighbours of recent items, the most popular items.
+    # user's strongest and rising categories, embedding neighbours of recent items, the most popular items, and the
+    # members of the k-means clusters of the model's item vectors nearest the user's hidden state.
     candidate_threshold: int = Field(default=100_000, ge=0)
     candidate_categories: int = Field(default=3, ge=0)  # strongest categories of q per user (plus rising ones)
     candidate_category_items: int = Field(default=200, ge=0)  # top items per category
     candidate_neighbours: int = Field(default=50, ge=0)  # embedding neighbours per recent item
     candidate_popular: int = Field(default=100, ge=0)  # most popular items, for every user
+    candidate_clusters: int = Field(default=0, ge=0)  # k-means clusters of the model's item vectors; 0 = 2 sqrt(n)
+    candidate_probes: int = Field(default=8, ge=0)  # clusters probed per user (0: no model source)
 
 
 class EvaluationConfig(_Section):

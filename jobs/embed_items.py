@@ -107,11 +107,16 @@ class EmbedItemsJob:
         return r.inserted + r.updated
 
 
+def add_arguments(parser) -> None:
+    """No flags beyond the shared ones: the job encodes whatever items are new or changed."""
+
+
 def entrypoint(argv: list[str] | None = None) -> int:
     """Console script / spark-submit entry: the cluster decides the master."""
     from driftrec.spark import build_spark
 
     parser = base_parser("Encode new or changed items' text with the pretrained sentence encoder.")
+    add_arguments(parser)
     args = parser.parse_args(argv)
     conf = config_from_args(args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -213,6 +213,8 @@ class EvaluationJob:
                                            "metric": "coverage", "value": v, "users": n_items}
                                           for kk, v in cov.items()]))
             results.append(result)
+            train.unpersist()
+            users.unpersist()
         table = pd.concat(rows, ignore_index=True)[["protocol", "system", "segment", "k", "metric", "value", "users"]]
         table = table.sort_values(["protocol", "system", "segment", "k", "metric"]).reset_index(drop=True)
         self.write(table, {p.protocol: str(p.cutoff) for p in results})
@@ -223,6 +225,9 @@ class EvaluationJob:
             path = Path(ev.report or self.work / "report.html")
             path.write_text(render_report(spark, self.run_id, self.dataset, table, results))
             log.info("report: %s", path)
+        for r in results:
+            r.truth.unpersist()
+        events.unpersist()
         return EvaluationReport(self.run_id, table, results, path, round(time.perf_counter() - t_start, 1))
 
     def write(self, table: pd.DataFrame, cutoffs: dict[str, str]) -> int:

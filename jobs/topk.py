@@ -199,7 +199,7 @@ class TopKJob:
         """The lists the candidate step draws from (``spark_udfs.candidates``), built once on the driver."""
         import torch
 
-        from spark_udfs.candidates import Candidates, category_top, nearest_neighbours
+        from spark_udfs.candidates import Candidates, category_top, item_clusters, nearest_neighbours
 
         t = self.conf.topk
         popular = [
@@ -209,12 +209,19 @@ class TopKJob:
         ]
         with torch.no_grad():
             vectors = served.model.item_vectors()[1:].float().numpy()
-        log.info("candidate step on: %d items > topk.candidate_threshold %d", pic.shape[1], t.candidate_threshold)
+        n = pic.shape[1]
+        log.info("candidate step on: %d items > topk.candidate_threshold %d", n, t.candidate_threshold)
+        clusters = None
+        if t.blend_weight < 1.0 and t.candidate_probes > 0:
+            clusters = item_clusters(vectors, t.candidate_clusters or max(1, round(2 * np.sqrt(n))),
+                                     seed=self.conf.training.seed)
         return Candidates(
             category_top=category_top(pic, t.candidate_category_items),
             neighbours=nearest_neighbours(vectors, t.candidate_neighbours),
             popular=np.asarray(popular, dtype=np.int64),
             categories_per_user=t.candidate_categories,
+            clusters=clusters,
+            probes=t.candidate_probes,
         )
 
     def _extra_users(self) -> DataFrame | None:

@@ -247,12 +247,16 @@ class TrainJob:
         return report
 
 
+def add_arguments(parser) -> None:
+    parser.add_argument("--date", type=parse_date, required=True, help="trained-through date (YYYY-MM-DD)")
+
+
 def entrypoint(argv: list[str] | None = None) -> int:
     """Console script / spark-submit entry: the cluster decides the Spark master and (via config) Ray's address."""
     from driftrec.spark import build_spark
 
     parser = base_parser("Train the sequential recommender with Ray Train and gate it through the model registry.")
-    parser.add_argument("--date", type=parse_date, required=True, help="trained-through date (YYYY-MM-DD)")
+    add_arguments(parser)
     args = parser.parse_args(argv)
     conf = config_from_args(args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -84,12 +84,9 @@ def build_model(assets: ScoringAssets):
     return model
 
 
-def model_probabilities(model, assets: ScoringAssets, pdf: pd.DataFrame, cols: np.ndarray | None = None) -> np.ndarray:
-    """(B, n) float64: softmax of the model's scores after each user's history.
-
-    With ``cols`` (B, M candidate indices, padded with n) only those items are scored: (B, M), the softmax taken over
-    the user's candidates (the full normaliser would cost the full product the candidate step avoids).
-    """
+def model_hidden(model, assets: ScoringAssets, pdf: pd.DataFrame):
+    """``(h, items)``: the model's (B, d) hidden state after each user's history and its (n + 1, d) item vectors
+    (row 0 = padding), both float64 torch tensors."""
     import torch
 
     from driftrec.models.batches import interest_matrix
@@ -107,14 +104,36 @@ def model_probabilities(model, assets: ScoringAssets, pdf: pd.DataFrame, cols: n
     with torch.no_grad():
         items = model.item_vectors()
         h = model.hidden(torch.as_tensor(seq), torch.as_tensor(interest), items)[:, -1].double()
-        items = items.double()
+        return h, items.double()
+
+
+def model_probabilities(model, assets: ScoringAssets, pdf: pd.DataFrame, cols: np.ndarray | None = None,
+                        hidden=None) -> np.ndarray:
+    """(B, n) float64: softmax of the model's scores after each user's history.
+
+    With ``cols`` (B, M candidate indices, padded with n) only those items are scored: (B, M). Their normaliser is
+    exact over the candidates plus, with item clusters, the cluster estimate of the mass outside them
+    (:func:`spark_udfs.candidates.rest_log_mass`); without clusters it is the candidates' alone.
+    ``hidden``: ``model_hidden``'s result when the caller has it already.
+    """
+    import torch
+
+    h, items = hidden if hidden is not None else model_hidden(model, assets, pdf)
+    n = len(assets.item_ids)
+    with torch.no_grad():
         if cols is None:
-            logits = h @ items[1:].T
-        else:
-            valid = torch.as_tensor(cols < len(assets.item_ids))
-            rows = items[torch.as_tensor(np.where(cols < len(assets.item_ids), cols, 0)) + 1]
-            logits = torch.einsum("bd,bmd->bm", h, rows).masked_fill(~valid, float("-inf"))
-        return torch.softmax(logits, dim=1).numpy()
+            return torch.softmax(h @ items[1:].T, dim=1).numpy()
+        valid = torch.as_tensor(cols < n)
+        rows = items[torch.as_tensor(np.where(cols < n, cols, 0)) + 1]
+        logits = torch.einsum("bd,bmd->bm", h, rows).masked_fill(~valid, float("-inf"))
+        clusters = getattr(assets.candidates, "clusters", None)
+        if clusters is None:
+            return torch.softmax(logits, dim=1).numpy()
+        from spark_udfs.candidates import rest_log_mass
+
+        rest = torch.as_tensor(rest_log_mass(clusters, h.numpy(), cols, n))
+        log_z = torch.logaddexp(torch.logsumexp(logits, dim=1), rest)
+        return torch.exp(logits - log_z[:, None]).numpy()
 
 
 def recent_indices(assets: ScoringAssets, items) -> np.ndarray:
@@ -185,7 +204,8 @@ def use_candidates(assets: ScoringAssets, candidates: bool | None) -> bool:
     return assets.candidates is not None if candidates is None else candidates
 
 
-def candidate_columns(assets: ScoringAssets, pdf: pd.DataFrame) -> np.ndarray:
+def candidate_columns(assets: ScoringAssets, pdf: pd.DataFrame,
+                      probed: list[np.ndarray] | None = None) -> np.ndarray:
     """(B, M) candidate item indices per user (padded with n), from :mod:`spark_udfs.candidates`."""
     from spark_udfs.candidates import candidate_sets
 
@@ -193,7 +213,29 @@ def candidate_columns(assets: ScoringAssets, pdf: pd.DataFrame) -> np.ndarray:
     q = np.stack([np.asarray(x, dtype=np.float64) for x in pdf["q"]])
     rise = np.stack([np.zeros(q.shape[1]) if x is None else np.asarray(x, dtype=np.float64) for x in pdf["rise"]])
     return candidate_sets(assets.candidates, q, rise, recent, assets.succ_indptr, assets.succ_indices,
-                          assets.rising_margin, len(assets.item_ids))
+                          assets.rising_margin, len(assets.item_ids), probed)
+
+
+def _has_history(pdf: pd.DataFrame) -> np.ndarray:
+    return np.array([x is not None and len(x) > 0 for x in pdf["item_ids"]], dtype=bool)
+
+
+def candidate_plan(assets: ScoringAssets, pdf: pd.DataFrame, model=None, with_model: bool | None = None):
+    """``(cols, hidden)``: each user's candidates and, when the model scores, the hidden states of the users with
+    history (computed once: they choose the probed clusters and then score the candidates)."""
+    from spark_udfs.candidates import probe
+
+    known = _has_history(pdf)
+    use_model = (assets.blend < 1.0 if with_model is None else with_model) and known.any()
+    hidden, probed = None, None
+    if use_model:
+        model = model if model is not None else build_model(assets)
+        hidden = model_hidden(model, assets, pdf[known].reset_index(drop=True))
+        clusters = assets.candidates.clusters
+        if clusters is not None and assets.candidates.probes > 0:
+            chosen = iter(probe(clusters, hidden[0].numpy(), assets.candidates.probes))
+            probed = [next(chosen) if k else np.zeros(0, np.int64) for k in known]
+    return candidate_columns(assets, pdf, probed), hidden
 
 
 def _reasons(assets: ScoringAssets, recent: np.ndarray, q: np.ndarray, rise: np.ndarray, chosen: np.ndarray,
@@ -227,20 +269,21 @@ def _reasons(assets: ScoringAssets, recent: np.ndarray, q: np.ndarray, rise: np.
 
 
 def score_parts(assets: ScoringAssets, pdf: pd.DataFrame, model=None, cols: np.ndarray | None = None,
-                with_model: bool | None = None):
+                with_model: bool | None = None, hidden=None):
     """``(item_term, category_term, w, migration, model_p, known)`` over the catalogue (or candidates ``cols``).
 
     A user without history (cold start) has nothing for the model to read: ``model_p`` stays 0 and ``known`` False,
     so the blend gives them migration only, i.e. popularity inside their declared categories (or everyone's).
+    ``hidden``: the known users' ``model_hidden``, when :func:`candidate_plan` computed it already.
     """
     item_term, cat_term, w = migration_terms(assets, pdf, cols)
     migration = w[:, None] * item_term + (1.0 - w[:, None]) * cat_term
-    known = np.array([x is not None and len(x) > 0 for x in pdf["item_ids"]])
+    known = _has_history(pdf)
     model_p = np.zeros_like(migration)
     if (assets.blend < 1.0 if with_model is None else with_model) and known.any():
         model = model if model is not None else build_model(assets)
         model_p[known] = model_probabilities(model, assets, pdf[known].reset_index(drop=True),
-                                             None if cols is None else cols[known])
+                                             None if cols is None else cols[known], hidden)
     return item_term, cat_term, w, migration, model_p, known
 
 
@@ -254,8 +297,8 @@ def score_batch(assets: ScoringAssets, pdf: pd.DataFrame, model=None, candidates
     if len(pdf) == 0:
         return pd.DataFrame(columns=columns)
     n = len(assets.item_ids)
-    cols = candidate_columns(assets, pdf) if use_candidates(assets, candidates) else None
-    item_term, cat_term, w, migration, model_p, known = score_parts(assets, pdf, model, cols)
+    cols, hidden = candidate_plan(assets, pdf, model) if use_candidates(assets, candidates) else (None, None)
+    item_term, cat_term, w, migration, model_p, known = score_parts(assets, pdf, model, cols, hidden=hidden)
     blend = np.where(known, assets.blend, 1.0)[:, None]
     score = (1.0 - blend) * model_p + blend * migration
     if cols is not None:
@@ -298,7 +341,7 @@ def candidate_recall(assets: ScoringAssets, pdf: pd.DataFrame, model=None) -> tu
     full = score_batch(assets, pdf, model, candidates=False)
     cand = score_batch(assets, pdf, model, candidates=True)
     hits = full.merge(cand, on=["user_id", "item_id"]).shape[0]
-    width = float(np.mean(np.sum(candidate_columns(assets, pdf) < len(assets.item_ids), axis=1)))
+    width = float(np.mean(np.sum(candidate_plan(assets, pdf, model)[0] < len(assets.item_ids), axis=1)))
     return (hits / len(full) if len(full) else 1.0), width
 
 

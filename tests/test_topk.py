@@ -286,7 +286,7 @@ def test_candidate_step_covering_the_catalogue_equals_full_scoring(spark, scenar
     """Candidates that hold every item must give the full-catalogue rows exactly, through the Spark job."""
     from jobs.topk import TopKJob
 
-    from spark_udfs.topk import candidate_columns
+    from spark_udfs.topk import candidate_plan
 
     s = scenario
     conf = _topk_conf(s.conf, candidate_threshold=0, candidate_categories=10, candidate_category_items=1_000,
@@ -297,7 +297,7 @@ def test_candidate_step_covering_the_catalogue_equals_full_scoring(spark, scenar
     n = len(prep.assets.item_ids)
     # The model's softmax is taken over the candidates, so only a user whose set is the whole catalogue must match
     # full scoring exactly; with these sizes that is nearly everyone.
-    full = set(users["user_id"][(candidate_columns(prep.assets, users) < n).sum(axis=1) == n])
+    full = set(users["user_id"][(candidate_plan(prep.assets, users)[0] < n).sum(axis=1) == n])
     assert len(full) >= 0.9 * len(users)
     rows, _, _ = job.recommendations(DAY)
     got = rows.orderBy("user_id", "rank").toPandas()
@@ -325,15 +325,16 @@ def test_candidate_step_covering_the_catalogue_equals_full_scoring(spark, scenar
 def test_candidate_step_recall_against_full_scoring(spark, scenario):
     """Small candidate sets: every row comes from the user's set, and most full-catalogue rows survive."""
     from jobs.topk import TopKJob
-    from spark_udfs.topk import candidate_columns, candidate_recall, score_batch
+    from spark_udfs.topk import candidate_plan, candidate_recall, score_batch
 
     s = scenario
     conf = _topk_conf(s.conf, candidate_threshold=0, candidate_categories=1, candidate_category_items=8,
-                      candidate_neighbours=5, candidate_popular=5)
+                      candidate_neighbours=5, candidate_popular=5, candidate_probes=0)
     prep = TopKJob(spark, conf).prepare(DAY)
+    assert prep.assets.candidates.clusters is None  # no probes: no model source
     assert prep.assets.candidates is not None
     users = prep.users.orderBy("user_id").toPandas()
-    cols = candidate_columns(prep.assets, users)
+    cols = candidate_plan(prep.assets, users)[0]
     n = len(prep.assets.item_ids)
     width = (cols < n).sum(axis=1)
     assert width.max() < n  # a real reduction: nobody is ranked over the whole catalogue
@@ -346,6 +347,15 @@ def test_candidate_step_recall_against_full_scoring(spark, scenario):
     assert mean_width == pytest.approx(width.mean())
     # The sets hold the successors and the strongest category's top items, where the blend puts its weight.
     assert 0.6 <= recall < 1.0
+
+    # The model's own source: the members of the 2 item clusters nearest each user's hidden state join the sets.
+    probed = TopKJob(spark, _topk_conf(conf, candidate_probes=2, candidate_clusters=16)).prepare(DAY).assets
+    assert len(probed.candidates.clusters.centroids) == 16
+    wider = candidate_plan(probed, users)[0]
+    for u in range(len(users)):  # every earlier candidate is still there
+        assert set(cols[u][cols[u] < n]) <= set(wider[u][wider[u] < n])
+    recall_probed, _ = candidate_recall(probed, users)
+    assert recall_probed >= recall
 
 
 def test_inferred_interest_follows_the_categories_of_a_new_users_items(spark):

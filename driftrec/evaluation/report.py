@@ -28,9 +28,10 @@ def _png(fig) -> str:
     return f'<img alt="plot" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
 
 
-def rising_share(spark: SparkSession, conf, recs: DataFrame, drift: DataFrame, k: int) -> pd.DataFrame:
-    """``(segment, share, users)``: mean share of a user's top ``k`` inside the user's rising category."""
-    cats = item_categories(spark, conf).select("item_id", "category", "share")
+def rising_share(recs: DataFrame, drift: DataFrame, cats: DataFrame, k: int) -> pd.DataFrame:
+    """``(segment, share, users)``: mean share of a user's top ``k`` inside the user's rising category.
+
+    ``cats``: ``(item_id, category, share)``, read once by the caller for every system."""
     inside = (
         recs.where(F.col("rank") <= k).join(drift, "user_id")
         .join(cats, "item_id", "left")
@@ -121,20 +122,22 @@ def render_report(spark: SparkSession, run_id: str, dataset: str, table: pd.Data
     drift = latest_drift(spark, conf).cache()
     scores = drift.select("js_divergence").toPandas()["js_divergence"]
     parts += ["<h2>Drift</h2>", _histogram(scores, conf.migration.drift_threshold)]
+    cats = item_categories(spark, conf).select("item_id", "category", "share").cache()
     shares = []
     for system, recs in first.recs.items():
-        s = rising_share(spark, conf, recs, drift, k)
+        s = rising_share(recs, drift, cats, k)
         s["system"] = system
         shares.append(s)
     truth = getattr(first, "truth", None)
     if truth is not None:  # what the users actually consumed next, as the reference
-        s = rising_share(spark, conf, truth.select("user_id", "item_id", F.lit(1).alias("rank")), drift, k)
+        s = rising_share(truth.select("user_id", "item_id", F.lit(1).alias("rank")), drift, cats, k)
         s["system"] = "(actual next items)"
         shares.append(s)
     share_table = pd.concat(shares, ignore_index=True)
     parts += [f"<h2>Recommendations and rising categories ({first.protocol})</h2>", _follow(share_table, k),
               share_table.pivot_table(index="system", columns="segment", values="share").round(4).to_html()]
     drift.unpersist()
+    cats.unpersist()
     style = "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse}" \
             "td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}</style>"
     return f"<!doctype html><html><head><meta charset='utf-8'><title>driftrec evaluation</title>{style}</head>" \

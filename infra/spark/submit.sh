@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# spark-submit one driftrec job on a cluster.
+#   infra/spark/submit.sh JOB [job flags...]
+#   JOB: ingest | migrate | embed_items | train | topk | evaluate
+#   e.g. infra/spark/submit.sh migrate --date 2026-11-29 --config /etc/driftrec/prod.toml
+# Environment:
+#   SPARK_MASTER     (default: yarn)        DEPLOY_MODE (default: client)
+#   DRIFTREC_ENV     packed venv from infra/spark/pack_env.sh (default: dist/driftrec-env.tar.gz)
+#   DELTA_PACKAGE    (default: io.delta:delta-spark_2.13:4.4.0, the version delta-spark pins in pyproject.toml)
+#   SPARK_SUBMIT_EXTRA  further spark-submit options, e.g. "--conf spark.executor.instances=20"
+# The job code never sets the master: it comes from here (or spark-defaults.conf).
+set -euo pipefail
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+JOB="${1:?usage: submit.sh JOB [flags...]}"
+shift
+case "$JOB" in
+  ingest|migrate|embed_items|train|topk|evaluate) ;;
+  *) echo "submit.sh: unknown job '$JOB' (ingest, migrate, embed_items, train, topk, evaluate)" >&2; exit 2 ;;
+esac
+APP="$REPO/jobs/$JOB.py"
+ENV_ARCHIVE="${DRIFTREC_ENV:-$REPO/dist/driftrec-env.tar.gz}"
+ARGS=(--master "${SPARK_MASTER:-yarn}" --deploy-mode "${DEPLOY_MODE:-client}"
+      --name "driftrec-$JOB" --packages "${DELTA_PACKAGE:-io.delta:delta-spark_2.13:4.4.0}")
+if [ -f "$ENV_ARCHIVE" ]; then
+  # Executors run Python from the unpacked archive; in client mode the driver uses the local one.
+  ARGS+=(--archives "$ENV_ARCHIVE#environment" --conf spark.pyspark.python=./environment/bin/python)
+fi
+# shellcheck disable=SC2086
+exec spark-submit "${ARGS[@]}" ${SPARK_SUBMIT_EXTRA:-} "$APP" "$@"
