@@ -64,6 +64,8 @@ class TablesConfig(_Section):
     recommendations: str = "recommendations"
     # offline evaluation (driftrec/evaluation)
     evaluation_runs: str = "evaluation_runs"
+    # operations (jobs/nightly.py)
+    pipeline_runs: str = "pipeline_runs"
 
 
 class SparkConfig(_Section):
@@ -259,6 +261,24 @@ class EvaluationConfig(_Section):
     report: str = ""  # HTML report path; empty: <work_dir>/report.html
 
 
+class PrivacyConfig(_Section):
+    # Replace user ids at ingest by a keyed hash (HMAC-SHA256 -> 63-bit id). The key is read from the environment
+    # variable named here, never from a config file, and is never logged.
+    pseudonymise_users: bool = False
+    pseudonym_key_env: str = "DRIFTREC_PSEUDONYM_KEY"
+    # forget-user: data files of deleted rows are removed by VACUUM once they are older than this.
+    vacuum_retention_hours: float = Field(default=168.0, ge=0)
+
+
+class PipelineConfig(_Section):
+    # `driftrec nightly`: stages run for each date, in this order (subset allowed, order fixed).
+    stages: list[Literal["migrate", "embed_items", "train", "topk"]] = Field(
+        default_factory=lambda: ["migrate", "embed_items", "train", "topk"]
+    )
+    # A run lock older than this with no live owner on this host counts as stale and may be broken.
+    lock_stale_hours: float = Field(default=12.0, gt=0)
+
+
 class Config(_Section):
     lakehouse: LakehouseConfig = Field(default_factory=LakehouseConfig)
     tables: TablesConfig = Field(default_factory=TablesConfig)
@@ -270,6 +290,8 @@ class Config(_Section):
     migration: MigrationConfig = Field(default_factory=MigrationConfig)
     topk: TopKConfig = Field(default_factory=TopKConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
 
     def table_path(self, logical: str) -> str:
         """Filesystem location of a table, by its logical name (e.g. ``"events"``)."""

@@ -406,3 +406,29 @@ EVALUATION_RUNS = TableSpec(
 )
 
 ALL_TABLES += (EVALUATION_RUNS,)
+
+
+# --- operations (issue 7) ---
+
+PIPELINE_RUNS = TableSpec(
+    logical="pipeline_runs",
+    schema=T.StructType(
+        [
+            _f("run_id", T.StringType(), False, "one invocation of `driftrec nightly`"),
+            _f("ds", T.DateType(), False, "the night the stage ran for"),
+            _f("stage", T.StringType(), False, "migrate | embed_items | train | topk"),
+            _f("status", T.StringType(), False, "running | succeeded | failed"),
+            _f("rows_in", T.LongType(), comment="rows the stage read (events of the night, items, sequences, users)"),
+            _f("rows_out", T.LongType(), comment="rows the stage wrote"),
+            _f("seconds", T.DoubleType()),
+            _f("model_version", T.LongType(), comment="model_registry version current after the stage"),
+            _f("detail", T.StringType(), comment="summary, or the error of a failed stage"),
+            _f("started_at", T.TimestampType(), False),
+            _f("finished_at", T.TimestampType()),
+        ]
+    ),
+    key=("run_id", "ds", "stage"),
+    comment="One row per nightly stage attempt; the latest row per (ds, stage) says where a rerun resumes.",
+)
+
+ALL_TABLES += (PIPELINE_RUNS,)
