@@ -69,6 +69,14 @@ def cmd_topk(args) -> int:
     return 0
 
 
+def cmd_nightly(args) -> int:
+    from jobs.nightly import dates_from_args, run_from_args
+
+    dates_from_args(args)
+    conf = config_from_args(args)
+    return run_from_args(_spark(conf, "driftrec-nightly"), conf, args)
+
+
 def cmd_evaluate(args) -> int:
     from jobs.evaluate import EvaluationJob
 
@@ -79,22 +87,24 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
-def _demo_migration(spark, conf, nights: int):
-    """Backfill the migration engine over the last ``nights`` days that have events; returns the last date."""
-    import datetime as dt
-
+def _last_event_date(spark, conf):
     from pyspark.sql import functions as F
 
     from driftrec import lakehouse
     from driftrec.tables import EVENTS
+
+    return lakehouse.read_table(spark, conf, EVENTS).agg(F.max("event_date")).first()[0]
+
+
+def _demo_migration(spark, conf, last, nights: int) -> None:
+    """Backfill the migration engine over the ``nights`` days before ``last``."""
+    import datetime as dt
+
     from jobs.migrate import MigrationJob
 
-    last = lakehouse.read_table(spark, conf, EVENTS).agg(F.max("event_date")).first()[0]
-    start = last - dt.timedelta(days=nights - 1)
-    print(f"migration backfill {start} .. {last}")
-    reports = MigrationJob(spark, conf).backfill(start, last)
+    start = last - dt.timedelta(days=nights)
+    reports = MigrationJob(spark, conf).backfill(start, last - dt.timedelta(days=1))
     print(reports[-1].summary())
-    return last
 
 
 def cmd_generate(args) -> int:
@@ -113,6 +123,18 @@ def cmd_sql(args) -> int:
 
     lakehouse.register_all(spark, conf)
     spark.sql(args.query).show(args.limit, truncate=False)
+    return 0
+
+
+def cmd_forget_user(args) -> int:
+    from jobs.forget_user import run_from_args, user_ids_from_args
+
+    try:
+        user_ids_from_args(args)  # refuse before starting Spark
+    except ValueError as e:
+        raise SystemExit(f"driftrec {e}") from None
+    conf = config_from_args(args)
+    run_from_args(_spark(conf, "driftrec-forget-user"), conf, args)
     return 0
 
 
@@ -136,28 +158,21 @@ def cmd_demo(args) -> int:
         sources = job.plan(events=[str(demo_dir / "events")], items=[str(demo_dir / "items.parquet")], fmt="parquet")
     print(job.run(sources).summary())
 
-    _banner("interest migration")
-    last = _demo_migration(spark, conf, args.nights)
+    from jobs.nightly import NightlyJob
 
-    from jobs.embed_items import EmbedItemsJob
-    from jobs.train import TrainJob
-
-    _banner(f"item text embeddings ({conf.embeddings.model})")
-    print(EmbedItemsJob(spark, conf).run().summary())
-
-    _banner(f"training (Ray Train, {conf.training.num_workers} worker(s)), through {last}")
-    print(TrainJob(spark, conf).run(last).summary())
-
-    from jobs.topk import TopKJob
-
-    _banner(f"top-k recommendations for {last}")
-    print(TopKJob(spark, conf).run(last).summary())
+    last = _last_event_date(spark, conf)
+    if args.nights > 1:
+        _banner(f"interest migration, the {args.nights - 1} night(s) before {last}")
+        _demo_migration(spark, conf, last, args.nights - 1)
+    _banner(f"nightly pipeline for {last}: {', '.join(conf.pipeline.stages)}")
+    if NightlyJob(spark, conf).run(last, force=True).failed:
+        return 1
 
     _banner("done")
     root = Path(conf.lakehouse.root).resolve()
     print(f"lakehouse: {root}  ({time.time() - started:.0f}s)")
     for logical in ("events", "items", "quarantine", "user_interest", "user_drift", "item_transitions",
-                    "item_text_embeddings", "model_registry", "recommendations"):
+                    "item_text_embeddings", "model_registry", "recommendations", "pipeline_runs"):
         print(f"  {conf.table_name(logical):<28} {conf.table_path(logical)}")
     db = conf.lakehouse.database
     query = (
@@ -190,6 +205,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--nights", type=int, default=2, help="nights of the migration engine to backfill (the last N days with data)"
     )
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("nightly", help="every nightly stage for --date (or --from/--to), resuming a failed run")
+    add_config_flags(p)
+    from jobs.nightly import add_arguments as nightly_args
+
+    nightly_args(p)
+    p.set_defaults(func=cmd_nightly)
 
     p = sub.add_parser("migrate", help="interest migration engine for one night (--date) or a range (--from/--to)")
     add_config_flags(p)
@@ -234,16 +256,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("query")
     p.add_argument("--limit", type=int, default=20)
     p.set_defaults(func=cmd_sql)
+
+    p = sub.add_parser("forget-user", help="GDPR erasure: delete users' rows from every user table, then VACUUM")
+    add_config_flags(p)
+    from jobs.forget_user import add_arguments as forget_user_args
+
+    forget_user_args(p)
+    p.set_defaults(func=cmd_forget_user)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    from jobs.nightly import PipelineLocked
+
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except ConfigError as e:
         print(f"driftrec: {e}", file=sys.stderr)
         return 2
+    except PipelineLocked as e:
+        print(f"driftrec {args.command}: {e}", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

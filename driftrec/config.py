@@ -275,6 +275,10 @@ class PipelineConfig(_Section):
     stages: list[Literal["migrate", "embed_items", "train", "topk"]] = Field(
         default_factory=lambda: ["migrate", "embed_items", "train", "topk"]
     )
+    # Late events: before the migration night D, the nights of the previous N days whose stored events changed
+    # since they were processed (late arrivals, deletions) are recomputed. Older changes wait for an explicit
+    # `driftrec migrate --from`; training and top-k read every stored event, late or not, from the next night on.
+    late_window_days: int = Field(default=7, ge=0)
     # A run lock older than this with no live owner on this host counts as stale and may be broken.
     lock_stale_hours: float = Field(default=12.0, gt=0)
 

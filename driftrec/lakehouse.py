@@ -5,10 +5,12 @@ Everything that touches storage goes through here so the transforms elsewhere st
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from delta.tables import DeltaTable
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from driftrec.config import Config
@@ -155,6 +157,85 @@ def restore_version(spark: SparkSession, conf: Config, spec: TableSpec, version:
     table = DeltaTable.forPath(spark, conf.table_path(spec.logical))
     if table_version(spark, conf, spec) != version:
         table.restoreToVersion(version)
+
+
+def _commit_metrics_since(table: DeltaTable, version: int, operation: str) -> dict | None:
+    """Operation metrics of the first ``operation`` commit after ``version``; ``None`` when there is none."""
+    rows = (
+        table.history(20)
+        .where((F.col("version") > version) & (F.col("operation") == operation))
+        .orderBy("version")
+        .select("operationMetrics")
+        .collect()
+    )
+    return dict(rows[0]["operationMetrics"] or {}) if rows else None
+
+
+def delete_where(
+    spark: SparkSession, conf: Config, spec: TableSpec, condition: str | Column, *, purge: bool = False
+) -> int:
+    """Delta DELETE of the rows matching ``condition`` (SQL text or a Column); the number of rows deleted.
+
+    The count is the DELETE commit's operation metrics. A DELETE that matches no row commits nothing, so the table
+    version not moving means 0. ``purge=True`` makes the rows physically leave the current files: on a table with
+    deletion vectors a DELETE only marks rows in a side file and the data file keeps them (and stays referenced, so
+    VACUUM would never remove it); those files are then rewritten without the rows (``REORG ... APPLY (PURGE)``).
+    """
+    path = conf.table_path(spec.logical)
+    table = DeltaTable.forPath(spark, path)
+    before = table_version(spark, conf, spec)
+    table.delete(condition)
+    metrics = _commit_metrics_since(table, before, "DELETE")
+    if metrics is None:
+        return 0
+    marked = int(metrics.get("numDeletionVectorsAdded", 0)) + int(metrics.get("numDeletionVectorsUpdated", 0))
+    if purge and marked:
+        spark.sql(f"REORG TABLE delta.`{path}` APPLY (PURGE)")
+    return int(metrics.get("numDeletedRows", 0))
+
+
+DELTA_DEFAULT_RETENTION_HOURS = 168.0
+_RETENTION_CHECK = "spark.databricks.delta.retentionDurationCheck.enabled"
+_LISTING_PARALLELISM = "spark.sql.sources.parallelPartitionDiscovery.parallelism"
+
+
+@contextmanager
+def session_conf(spark: SparkSession, settings: dict[str, str]) -> Iterator[None]:
+    """Set session confs for the duration of a block, then put back the previous values (or unset them)."""
+    previous = {key: spark.conf.get(key, None) for key in settings}
+    for key, value in settings.items():
+        spark.conf.set(key, value)
+    try:
+        yield
+    finally:
+        for key, value in previous.items():
+            if value is None:
+                spark.conf.unset(key)
+            else:
+                spark.conf.set(key, value)
+
+
+def vacuum(spark: SparkSession, conf: Config, spec: TableSpec, retention_hours: float) -> int | None:
+    """VACUUM the table: delete the data files no version younger than ``retention_hours`` references; files deleted.
+
+    Below Delta's 168 h default the retention check is switched off for this call only (the session conf is put
+    back after). VACUUM's own logging commits are forced on for the call, so the count is its ``VACUUM END`` metrics;
+    ``None`` if that commit is missing. Unless the session sets it, the file listing runs with a few tasks per core
+    instead of Spark's 10,000 partition-discovery partitions (minutes of empty tasks on a small machine).
+    """
+    if retention_hours < 0:
+        raise ValueError(f"retention_hours must be >= 0, got {retention_hours}")
+    table = DeltaTable.forPath(spark, conf.table_path(spec.logical))
+    before = table_version(spark, conf, spec)
+    settings = {"spark.databricks.delta.vacuum.logging.enabled": "true"}
+    if retention_hours < DELTA_DEFAULT_RETENTION_HOURS:
+        settings[_RETENTION_CHECK] = "false"
+    if spark.conf.get(_LISTING_PARALLELISM, None) is None:
+        settings[_LISTING_PARALLELISM] = str(min(10_000, 4 * spark.sparkContext.defaultParallelism))
+    with session_conf(spark, settings):
+        table.vacuum(float(retention_hours))
+    metrics = _commit_metrics_since(table, before, "VACUUM END")
+    return int(metrics.get("numDeletedFiles", 0)) if metrics is not None else None
 
 
 def replace_groups(

@@ -36,6 +36,8 @@ class RawSource:
     frame: DataFrame
     path: str
     timestamp_format: str = "epoch_s"
+    # Events: the name of the user id field in ``_row`` (the source's own column name), for pseudonymisation.
+    user_field: str | None = None
 
 
 def _require(df: DataFrame, required: list[str], path: str) -> None:
@@ -130,13 +132,15 @@ def read_movielens(spark: SparkSession, directory: str | Path) -> list[RawSource
         tags = _read_delimited(spark, str(t_path), ",", None) if t_path.is_file() else None
         if tags is not None:
             _require(tags, ["movieId", "tag"], str(t_path))
-        events = _events_frame(ratings, "userId", "movieId", "timestamp", rating, F.col("rating"), r_path)
+        user_field = "userId"
+        events = _events_frame(ratings, user_field, "movieId", "timestamp", rating, F.col("rating"), r_path)
         items_raw, item_col, genres = movies, "movieId", _split_genres(F.col("genres"))
         tag_item, tag_col = "movieId", "tag"
     elif layout == "100k":
         r_path, m_path = str(d / "u.data"), str(d / "u.item")
         ratings = _read_delimited(spark, r_path, "\t", ["user", "item", "rating", "ts"])
-        events = _events_frame(ratings, "user", "item", "ts", rating, F.col("rating"), r_path)
+        user_field = "user"
+        events = _events_frame(ratings, user_field, "item", "ts", rating, F.col("rating"), r_path)
         genre_names = _ml100k_genres(d)
         cols = ["item", "title", "release", "video_release", "url", *[f"g{i}" for i in range(len(genre_names))]]
         items_raw = _read_delimited(spark, m_path, "|", cols, encoding="ISO-8859-1")
@@ -147,7 +151,8 @@ def read_movielens(spark: SparkSession, directory: str | Path) -> list[RawSource
     else:
         r_path, m_path, t_path = str(d / "ratings.dat"), str(d / "movies.dat"), d / "tags.dat"
         ratings = _read_delimited(spark, r_path, "::", ["user", "item", "rating", "ts"])
-        events = _events_frame(ratings, "user", "item", "ts", rating, F.col("rating"), r_path)
+        user_field = "user"
+        events = _events_frame(ratings, user_field, "item", "ts", rating, F.col("rating"), r_path)
         items_raw = _read_delimited(spark, m_path, "::", ["item", "title", "genres"], encoding="ISO-8859-1")
         genres = _split_genres(F.col("genres"))
         item_col = "item"
@@ -165,7 +170,7 @@ def read_movielens(spark: SparkSession, directory: str | Path) -> list[RawSource
     else:
         items_frame = _items_frame(items_raw, item_col, F.col("title"), genres, text)
     return [
-        RawSource("events", events, r_path, "epoch_s"),
+        RawSource("events", events, r_path, "epoch_s", user_field=user_field),
         RawSource("items", items_frame, m_path),
     ]
 
@@ -200,7 +205,7 @@ def read_generic_events(
     etype = F.col(f"`{mapping.event_type}`") if mapping.event_type else F.lit(mapping.default_event_type)
     weight = F.col(f"`{mapping.weight}`") if mapping.weight else F.lit(mapping.default_weight)
     frame = _events_frame(df, mapping.user_id, mapping.item_id, mapping.timestamp, etype, weight, path)
-    return RawSource("events", frame, path, mapping.timestamp_format)
+    return RawSource("events", frame, path, mapping.timestamp_format, user_field=mapping.user_id)
 
 
 def read_generic_items(spark: SparkSession, path: str, fmt: str, delimiter: str = ",") -> RawSource:

@@ -34,6 +34,8 @@ def build_spark(conf: Config, *, app_name: str = "driftrec", local: bool = False
             {
                 "spark.driver.memory": conf.spark.driver_memory,
                 "spark.ui.enabled": str(conf.spark.ui).lower(),
+                # Stage progress bars on the console (a cluster sets this in its spark-defaults).
+                "spark.ui.showConsoleProgress": "true",
                 "spark.sql.warehouse.dir": str(root / "_warehouse"),
                 # Delta rebuilds table state with 50 tasks by default: right for a cluster, pure overhead locally.
                 "spark.databricks.delta.snapshotPartitions": "2",

@@ -4,6 +4,9 @@ Idempotent by construction: events MERGE on a content key (user, item, type, tim
 quarantine rows on a hash of source, row and reason, so loading the same file twice adds nothing. Every source is
 read and its columns checked before the first write, so a malformed file leaves the lakehouse untouched.
 
+With ``privacy.pseudonymise_users`` user ids are replaced by keyed pseudonyms (:mod:`driftrec.pseudonym`) before
+the event key is derived, and in quarantined rows too; a missing key fails the run before its first write.
+
 Under spark-submit::
 
     spark-submit --packages io.delta:delta-spark_4.2_2.13:4.4.0 jobs/ingest.py --movielens /data/ml-25m
@@ -23,6 +26,7 @@ from pyspark.sql import functions as F
 from driftrec import lakehouse
 from driftrec.config import Config
 from driftrec.jobargs import base_parser, config_from_args
+from driftrec.pseudonym import key_from_env, pseudonymise_quarantine, pseudonymise_raw_events
 from driftrec.sources import RawSource, read_generic_events, read_generic_items, read_movielens
 from driftrec.tables import EVENTS, INGEST_LOG, ITEMS, QUARANTINE
 from driftrec.validation import dedupe_events, dedupe_items, validate_events, validate_items
@@ -93,10 +97,16 @@ class IngestJob:
         return sources
 
     def run(self, sources: list[RawSource]) -> IngestReport:
+        # Checked before any write; the key stays a local, passed down, never an attribute of the job.
+        key = key_from_env(self.conf) if self.conf.privacy.pseudonymise_users else None
+        if key is not None:
+            unnamed = [s.path for s in sources if s.target == "events" and not s.user_field]
+            if unnamed:
+                raise ValueError(f"cannot pseudonymise {unnamed}: the source does not name its user id field")
         lakehouse.ensure_tables(self.spark, self.conf, (EVENTS, ITEMS, QUARANTINE, INGEST_LOG))
         report = IngestReport(run_id=uuid.uuid4().hex[:12])
         for src in sources:
-            rep = self._load_events(src) if src.target == "events" else self._load_items(src)
+            rep = self._load_events(src, key) if src.target == "events" else self._load_items(src)
             log.info("%s", rep)
             report.sources.append(rep)
         self._log(report)
@@ -106,9 +116,10 @@ class IngestJob:
     def _stamp(self, df: DataFrame) -> DataFrame:
         return df.withColumn("ingested_at", F.lit(self.now).cast("timestamp"))
 
-    def _load_events(self, src: RawSource) -> SourceReport:
+    def _load_events(self, src: RawSource, key: bytes | None = None) -> SourceReport:
         ic = self.conf.ingest
-        raw = src.frame.persist()
+        # Pseudonyms replace user ids before validation, so event_id (the dedup key) is derived from them.
+        raw = (src.frame if key is None else pseudonymise_raw_events(src.frame, key)).persist()
         valid, bad = validate_events(
             raw,
             event_types=ic.event_types,
@@ -116,6 +127,8 @@ class IngestJob:
             now=self.now,
             future_tolerance_s=ic.future_tolerance_minutes * 60,
         )
+        if key is not None:
+            bad = pseudonymise_quarantine(bad, key, src.user_field)
         valid = valid.persist()
         rep = SourceReport("events", src.path, rows_read=raw.count(), rows_valid=valid.count())
         unique = dedupe_events(valid)

@@ -96,6 +96,32 @@ class MigrationJob:
             .collect()
         )
 
+    def changed_nights(self, start: dt.date, end: dt.date) -> dict[dt.date, tuple[int, int]]:
+        """Processed nights in ``[start, end]`` that now hold more events than the night counted (late arrivals),
+        as ``{night: (counted, stored)}``: they need recomputing.
+
+        Compares each night's ``drift_params.n_events`` with a count of its event partition, so it costs a scan of
+        the window's partitions only. Nights committed by a one-pass rebuild have no per-night count and are skipped.
+        Fewer events (a forget-user deletion) do not count: replaying would restore state tables to versions from
+        before the deletion, bringing the forgotten user's rows back.
+        """
+        spark, conf = self.spark, self.conf
+        if not lakehouse.table_exists(spark, conf, DRIFT_PARAMS):
+            return {}
+        rebuilt = {r["ds"] for r in self._log_rows() if r["batch_id"].startswith("rebuild-")}
+        window = F.col("ds").between(tr.date_lit(start), tr.date_lit(end))
+        counted = {r["ds"]: int(r["n_events"]) for r in
+                   lakehouse.read_table(spark, conf, DRIFT_PARAMS).where(window).select("ds", "n_events").collect()}
+        if not counted:
+            return {}
+        stored = {
+            r["event_date"]: int(r["n"]) for r in lakehouse.read_table(spark, conf, EVENTS)
+            .where(F.col("event_date").between(tr.date_lit(start), tr.date_lit(end)))
+            .groupBy("event_date").agg(F.count(F.lit(1)).alias("n")).collect()
+        }
+        return {d: (n, stored.get(d, 0)) for d, n in sorted(counted.items())
+                if d not in rebuilt and stored.get(d, 0) > n}
+
     def processed_dates(self) -> list[dt.date]:
         return sorted({r["ds"] for r in self._log_rows() if r["status"] == FINISHED})
 

@@ -151,12 +151,24 @@ class TrainJob:
     def run(self, ds: dt.date) -> TrainReport:
         import ray
 
-        from driftrec.models.checkpoint import load_checkpoint
+        from driftrec.models.checkpoint import CheckpointError, load_checkpoint
         from driftrec.serving import grow_to_catalogue, text_dim_of
         from driftrec.training_data import training_popularity
         from ray_trainers import sasrec_trainer
 
         spark, conf, t = self.spark, self.conf, self.conf.training
+        # The current model first: an unusable checkpoint stops the run before anything is written.
+        cur = registry.current(spark, conf, t.model_name) if t.warm_start else None
+        if cur is not None:
+            try:
+                old, old_space, _ = load_checkpoint(cur["checkpoint"])
+            except CheckpointError as e:
+                raise CheckpointError(
+                    f"cannot warm-start from the current model v{cur['version']}: {e}. Nothing was trained or "
+                    f"recorded; v{cur['version']} stays current. Restore its checkpoint directory, or train cold "
+                    "with --set training.warm_start=false"
+                ) from e
+
         events = self._events(ds)
         files = self._write_sequences(events, ds)
         if not files:
@@ -164,10 +176,8 @@ class TrainJob:
         side = self._side_info(events)
         text_dim = text_dim_of(side)
 
-        cur = registry.current(spark, conf, t.model_name) if t.warm_start else None
         init_model, parent, reason_cold = None, None, ""
         if cur is not None:
-            old, old_space, _ = load_checkpoint(cur["checkpoint"])
             same_arch = all(getattr(old.p, k) == getattr(t, k) for k in _ARCHITECTURE)
             if same_arch and old.p.text_dim == text_dim:
                 cur_items = old_space.n_items

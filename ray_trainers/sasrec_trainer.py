@@ -46,6 +46,7 @@ def train_loop_per_worker(config: dict) -> None:
     import ray.train
     import ray.train.torch
     import torch
+    from ray.experimental import tqdm_ray
 
     from driftrec.models.batches import train_batch
     from driftrec.models.checkpoint import load_checkpoint, save_checkpoint
@@ -84,6 +85,9 @@ def train_loop_per_worker(config: dict) -> None:
     n_cats, max_len = params.n_categories, params.max_seq_len
     sampled = config["num_negatives"] if config["loss"] == "sampled" else 0
     rates: list[float] = []
+    # Progress on the driver's console: Ray's tqdm forwards the bar's state instead of raw carriage returns.
+    bar = tqdm_ray.tqdm(desc=f"train {world} worker(s)", total=config["epochs"] - start_epoch, unit="epoch") \
+        if rank == 0 else None
     for epoch in range(start_epoch, config["epochs"]):
         ddp.train()
         t0, positions, loss_sum, steps = time.perf_counter(), 0.0, 0.0, 0
@@ -117,6 +121,10 @@ def train_loop_per_worker(config: dict) -> None:
             "steady_samples_per_s": float(np.mean(rates[1:])) if len(rates) > 1 else rates[-1],
             "world_size": world,
         }
+        if bar is not None:
+            bar.set_description(f"train {world} worker(s), epoch {epoch + 1}/{config['epochs']}, loss "
+                                f"{metrics['loss']:.3f}, {rates[-1]:,.0f} positions/s")
+            bar.update(1)
         # Reports synchronise every worker with the controller: only at checkpoints, not every epoch.
         if epoch == config["epochs"] - 1 or (epoch + 1) % config["checkpoint_every"] == 0:
             if rank == 0:
@@ -125,6 +133,8 @@ def train_loop_per_worker(config: dict) -> None:
                     ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
             else:
                 ray.train.report(metrics)
+    if bar is not None:
+        bar.close()
 
 
 def fit(

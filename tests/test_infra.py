@@ -18,6 +18,8 @@ from tests.conftest import REPO
 
 INFRA = REPO / "infra"
 DAY = "2026-11-29"
+DELTA = re.search(r"delta-spark==([\d.]+)", (REPO / "pyproject.toml").read_text()).group(1)  # the pinned version
+JOBS = {p.stem for p in (REPO / "jobs").glob("*.py") if p.stem != "__init__"}
 
 
 def job_parser(job: str):
@@ -55,15 +57,14 @@ def test_shell_scripts_parse_and_submit_names_real_jobs():
         subprocess.run(["bash", "-n", str(script)], check=True)
     text = (INFRA / "spark" / "submit.sh").read_text()
     names = re.search(r"^\s*([a-z_|]+)\) ;;", text, re.M).group(1).split("|")
-    assert set(names) == {"ingest", "migrate", "embed_items", "train", "topk", "evaluate"}
+    assert set(names) == JOBS and {"ingest", "nightly", "forget_user"} <= JOBS
     for name in names:
         job_parser(name)
     # An unknown job is refused before spark-submit is looked for.
     bad = subprocess.run(["bash", str(INFRA / "spark" / "submit.sh"), "nope"], capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown job 'nope'" in bad.stderr
-    delta = re.search(r"delta-spark==([\d.]+)", (REPO / "pyproject.toml").read_text()).group(1)
     for path in (INFRA / "spark" / "submit.sh", INFRA / "ray" / "train_entry.sh", INFRA / "airflow" / "driftrec_nightly.py"):
-        assert f"io.delta:delta-spark_2.13:{delta}" in path.read_text(), path
+        assert f"io.delta:delta-spark_2.13:{DELTA}" in path.read_text(), path
 
 
 def test_ray_files_parse_and_pin_the_installed_ray():
@@ -129,9 +130,8 @@ def test_spark_submit_runs_a_job_in_local_mode(tmp_path):
     items = tmp_path / "items.csv"
     items.write_text("item_id,title,categories,text\n10,Alpha,Drama,An alpha\n11,Beta,Comedy,A beta\n")
     lake = tmp_path / "lake"
-    delta = re.search(r"delta-spark==([\d.]+)", (REPO / "pyproject.toml").read_text()).group(1)
     spark_submit = Path(sys.executable).parent / "spark-submit"
-    cmd = [str(spark_submit), "--master", "local[1]", "--packages", f"io.delta:delta-spark_2.13:{delta}",
+    cmd = [str(spark_submit), "--master", "local[1]", "--packages", f"io.delta:delta-spark_2.13:{DELTA}",
            "--conf", f"spark.sql.warehouse.dir={tmp_path / 'warehouse'}", "--conf", "spark.ui.enabled=false",
            str(REPO / "jobs" / "ingest.py"), "--lakehouse", str(lake), "--events", str(events), "--items", str(items)]
     env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}

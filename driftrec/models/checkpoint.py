@@ -19,6 +19,10 @@ WEIGHTS = "model.pt"
 META = "meta.json"
 
 
+class CheckpointError(RuntimeError):
+    """A checkpoint directory is missing, incomplete or unreadable; the message names the path and the cause."""
+
+
 def save_checkpoint(directory: str | Path, model: SASRec, space: ItemSpace, extra: dict | None = None) -> Path:
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
@@ -31,13 +35,19 @@ def save_checkpoint(directory: str | Path, model: SASRec, space: ItemSpace, extr
 
 
 def load_checkpoint(directory: str | Path) -> tuple[SASRec, ItemSpace, dict]:
-    """The model (eval mode, CPU), its item space and the JSON metadata."""
+    """The model (eval mode, CPU), its item space and the JSON metadata; :class:`CheckpointError` if unusable."""
     d = Path(directory)
-    meta = json.loads((d / META).read_text())
-    state = torch.load(d / WEIGHTS, map_location="cpu", weights_only=True)
-    item_ids = state.pop("__item_ids__").numpy().astype(np.int64)
-    model = SASRec(SASRecParams(**meta["params"]))
-    model.load_state_dict(state)
+    for name in (META, WEIGHTS):
+        if not (d / name).is_file():
+            raise CheckpointError(f"checkpoint {d} is incomplete: {name} is missing")
+    try:
+        meta = json.loads((d / META).read_text())
+        state = torch.load(d / WEIGHTS, map_location="cpu", weights_only=True)
+        item_ids = state.pop("__item_ids__").numpy().astype(np.int64)
+        model = SASRec(SASRecParams(**meta["params"]))
+        model.load_state_dict(state)
+    except Exception as e:  # truncated file, bad JSON, wrong tensors: all mean "cannot use this checkpoint"
+        raise CheckpointError(f"checkpoint {d} is unreadable: {type(e).__name__}: {e}") from e
     model.eval()
     space = ItemSpace(
         item_ids=item_ids,

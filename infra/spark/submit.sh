@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # spark-submit one driftrec job on a cluster.
 #   infra/spark/submit.sh JOB [job flags...]
-#   JOB: ingest | migrate | embed_items | train | topk | evaluate
+#   JOB: ingest | migrate | embed_items | train | topk | nightly | forget_user | evaluate
 #   e.g. infra/spark/submit.sh migrate --date 2026-11-29 --config /etc/driftrec/prod.toml
 # Environment:
 #   SPARK_MASTER     (default: yarn)        DEPLOY_MODE (default: client)
@@ -14,8 +14,8 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 JOB="${1:?usage: submit.sh JOB [flags...]}"
 shift
 case "$JOB" in
-  ingest|migrate|embed_items|train|topk|evaluate) ;;
-  *) echo "submit.sh: unknown job '$JOB' (ingest, migrate, embed_items, train, topk, evaluate)" >&2; exit 2 ;;
+  ingest|migrate|embed_items|train|topk|nightly|forget_user|evaluate) ;;
+  *) echo "submit.sh: unknown job '$JOB' (ingest, migrate, embed_items, train, topk, nightly, forget_user, evaluate)" >&2; exit 2 ;;
 esac
 APP="$REPO/jobs/$JOB.py"
 ENV_ARCHIVE="${DRIFTREC_ENV:-$REPO/dist/driftrec-env.tar.gz}"

@@ -1,0 +1,262 @@
+"""forget-user on a real Delta lakehouse: the user's rows leave every user table and quarantine, the others' rows stay,
+and after VACUUM no Parquet file under any table directory holds the user id any more (before it, some do)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from functools import reduce
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from delta.tables import DeltaTable
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from driftrec import lakehouse
+from driftrec.tables import (
+    EVENTS,
+    QUARANTINE,
+    RECOMMENDATIONS,
+    TRAINING_SEQUENCES,
+    USER_DRIFT,
+    USER_INTEREST,
+    USER_LAST_EVENT,
+    USER_TRANSITIONS,
+    TableSpec,
+)
+from jobs.forget_user import (
+    ForgetUserJob,
+    add_arguments,
+    read_users_file,
+    user_ids_from_args,
+    user_tables,
+)
+from tests.conftest import make_conf
+
+KEEP_A, GONE, KEEP_B = 987654321001, 987654321002, 987654321003  # distinctive digits, searchable in raw files
+USERS = (KEEP_A, GONE, KEEP_B)
+D1, D2 = dt.date(2026, 11, 1), dt.date(2026, 11, 2)
+TS = dt.datetime(2026, 11, 1, 12, 0)
+USER_TABLES = (EVENTS, USER_INTEREST, USER_DRIFT, RECOMMENDATIONS, TRAINING_SEQUENCES, USER_LAST_EVENT,
+               USER_TRANSITIONS)
+# The forgotten user's rows written below, per table.
+GONE_ROWS = {"events": 3, "user_interest": 2, "user_drift": 2, "recommendations": 4, "training_sequences": 2,
+             "user_last_event": 1, "user_transitions": 2, "quarantine": 3}
+
+
+def _events(day, n):
+    return [dict(event_id=f"e-{u}-{day}-{i}", user_id=u, item_id=10 + i, event_type="view", event_ts=TS,
+                 weight=1.0, source="events.csv", ingested_at=TS, event_date=day) for u in USERS for i in range(n)]
+
+
+def _interest(p):
+    return [dict(user_id=u, category=c, p=p, recent_count=1.0, long_term_count=2.0, as_of=D1)
+            for u in USERS for c in ("Drama", "Comedy")]
+
+
+def _drift(day):
+    return [dict(ds=day, user_id=u, js_divergence=0.1, day_shift=0.0, rising_category="Drama", rising_delta=0.1,
+                 falling_category="Comedy", falling_delta=-0.1, migrating=False, n_events=2.0) for u in USERS]
+
+
+def _recs(day):
+    return [dict(ds=day, user_id=u, rank=r, item_id=10 + r, score=0.5, model_version=1, reason="popular")
+            for u in USERS for r in (1, 2)]
+
+
+def _sequences(day):
+    return [dict(ds=day, user_id=u, chunk=0, split="train", item_ids=[10, 11], event_ts=[1, 2],
+                 interest_categories=["Drama"], interest_p=[1.0]) for u in USERS]
+
+
+def _last_event(ts):
+    return [dict(user_id=u, item_id=11, event_ts=ts, event_id=f"e-{u}-last") for u in USERS]
+
+
+def _transitions(to_cat, day):
+    return [dict(user_id=u, from_cat="Drama", to_cat=to_cat, count=1.0, prob=0.5, global_weight=0.5,
+                 updated_through=day) for u in USERS]
+
+
+def _quarantine(rows):
+    return [dict(quarantine_id=f"q{i}-{r[:12]}", target="events", source="src", row_content=r, reason="bad",
+                 ingested_at=TS) for i, r in enumerate(rows)]
+
+
+QUARANTINE_1 = [  # the user field as each kind of source names it (generic, MovieLens CSV, ml-100k/.dat)
+    f'{{"user_id":"{GONE}","item_id":"10","timestamp":"x"}}',
+    f'{{"userId":"{GONE}","movieId":"10","rating":"abc","timestamp":"1"}}',
+    f'{{"user":" {GONE} ","item":"10","rating":"1","ts":"x"}}',
+    f'{{"user_id":"{KEEP_A}","item_id":"10","timestamp":"x"}}',
+]
+QUARANTINE_2 = [
+    f'{{"userId":"{KEEP_B}","movieId":"10","rating":"abc","timestamp":"1"}}',
+    '{"user_id":"x","item_id":"10","timestamp":"1"}',
+    "not json at all",
+]
+
+
+def _df(spark, spec: TableSpec, rows):
+    return spark.createDataFrame(rows, schema=spec.schema)
+
+
+def _build(spark, conf) -> None:
+    """Every user table in two or more commits (appends mostly: they are the cheapest), so replaced files exist."""
+    path = conf.table_path
+    lakehouse.append(spark, conf, EVENTS, _df(spark, EVENTS, _events(D1, 2)))
+    lakehouse.append(spark, conf, EVENTS, _df(spark, EVENTS, _events(D2, 1)))
+    lakehouse.append(spark, conf, USER_INTEREST, _df(spark, USER_INTEREST, _interest(0.5)))
+    lakehouse.merge_upsert(spark, conf, USER_INTEREST, _df(spark, USER_INTEREST, _interest(0.4)),
+                           update_when="true", metrics=False)  # rewrites the files: old ones keep every user
+    for day in (D1, D2):
+        lakehouse.replace_where(spark, conf, USER_DRIFT, _df(spark, USER_DRIFT, _drift(day)), f"ds = DATE'{day}'")
+        lakehouse.append(spark, conf, RECOMMENDATIONS, _df(spark, RECOMMENDATIONS, _recs(day)))
+        lakehouse.append(spark, conf, TRAINING_SEQUENCES, _df(spark, TRAINING_SEQUENCES, _sequences(day)))
+    lakehouse.append(spark, conf, USER_LAST_EVENT, _df(spark, USER_LAST_EVENT, _last_event(TS)))
+    lakehouse.merge_upsert(spark, conf, USER_LAST_EVENT, _df(spark, USER_LAST_EVENT, _last_event(TS + dt.timedelta(1))),
+                           update_when="s.event_ts > t.event_ts", metrics=False)
+    lakehouse.append(spark, conf, USER_TRANSITIONS, _df(spark, USER_TRANSITIONS, _transitions("Comedy", D1)))
+    # Deletion vectors on one table: its DELETE only marks rows, so the job must purge them from the live files.
+    spark.sql(f"ALTER TABLE delta.`{path('user_transitions')}` SET TBLPROPERTIES ('delta.enableDeletionVectors' = true)")
+    lakehouse.append(spark, conf, USER_TRANSITIONS, _df(spark, USER_TRANSITIONS, _transitions("Drama", D2)))
+    lakehouse.append(spark, conf, QUARANTINE, _df(spark, QUARANTINE, _quarantine(QUARANTINE_1)))
+    lakehouse.append(spark, conf, QUARANTINE, _df(spark, QUARANTINE, _quarantine(QUARANTINE_2)))
+
+
+def _counts(spark, conf) -> dict[str, dict]:
+    """Rows per user per table through Delta reads; quarantine per user id mentioned in the row (or 'other')."""
+    per_table = [
+        lakehouse.read_table(spark, conf, spec).groupBy("user_id").count().withColumn("table", F.lit(spec.logical))
+        for spec in USER_TABLES
+    ]
+    out = {spec.logical: {} for spec in USER_TABLES}
+    for r in reduce(DataFrame.unionByName, per_table).collect():  # one Spark job for all tables
+        out[r["table"]][r["user_id"]] = r["count"]
+    quarantine = [r["row_content"] for r in lakehouse.read_table(spark, conf, QUARANTINE).collect()]
+    out["quarantine"] = {u: sum(str(u) in q for q in quarantine) for u in USERS}
+    out["quarantine"]["other"] = sum(not any(str(u) in q for u in USERS) for q in quarantine)
+    return out
+
+
+def _files_mentioning(table_dir: str, user: int) -> list[Path]:
+    """Every Parquet file under the table directory, live or not, read directly, whose values mention ``user``."""
+    needle = str(user)
+    return [f for f in sorted(Path(table_dir).rglob("*.parquet")) if needle in repr(pq.read_table(f).to_pylist())]
+
+
+def _version(spark, conf, spec) -> int:
+    return lakehouse.table_version(spark, conf, spec)
+
+
+@pytest.fixture(scope="module")
+def forgotten(spark, tmp_path_factory):
+    """One lakehouse, the user deleted without VACUUM, the raw files searched, then VACUUM (retention 0)."""
+    conf = make_conf(tmp_path_factory.mktemp("forget") / "lakehouse")
+    _build(spark, conf)
+    before = _counts(spark, conf)
+    job = ForgetUserJob(spark, conf)
+    deleted = job.run([GONE], vacuum=False)
+    still_on_disk = {s.logical: _files_mentioning(conf.table_path(s.logical), GONE) for s in job.targets()}
+    vacuumed = job.vacuum_only(retention_hours=0)
+    return dict(conf=conf, job=job, before=before, deleted=deleted, still_on_disk=still_on_disk, vacuumed=vacuumed)
+
+
+def test_user_tables_come_from_the_table_specs():
+    assert {s.logical for s in user_tables()} == {s.logical for s in USER_TABLES}
+    extra = TableSpec("future", EVENTS.schema)
+    assert user_tables((QUARANTINE, extra)) == (extra,)
+
+
+def test_every_user_table_and_quarantine_is_targeted(forgotten):
+    assert {s.logical for s in forgotten["job"].targets()} == set(GONE_ROWS)
+
+
+def test_the_users_rows_are_deleted_and_the_others_kept(spark, forgotten):
+    assert {t.table: t.rows_deleted for t in forgotten["deleted"].tables} == GONE_ROWS
+    before, after = forgotten["before"], _counts(spark, forgotten["conf"])
+    for table, counts in before.items():
+        assert counts[GONE] > 0 and after[table].get(GONE, 0) == 0, table
+        kept = {u: n for u, n in counts.items() if u != GONE}
+        assert {u: after[table].get(u, 0) for u in kept} == kept, table
+    assert after["quarantine"] == {KEEP_A: 1, GONE: 0, KEEP_B: 1, "other": 2}
+
+
+def test_deletion_vectors_are_purged_from_live_files(spark, forgotten):
+    history = DeltaTable.forPath(spark, forgotten["conf"].table_path("user_transitions")).history()
+    ops = [r["operation"] for r in history.select("operation").collect()]
+    assert "REORG" in ops  # the DELETE wrote deletion vectors, so the rows were rewritten out of the live files
+
+
+def test_no_parquet_file_holds_the_user_after_vacuum(forgotten):
+    conf = forgotten["conf"]
+    # Control: after the DELETE, before VACUUM, every table still has old files with the user: the search can fail.
+    assert all(forgotten["still_on_disk"].values()), {t: len(f) for t, f in forgotten["still_on_disk"].items()}
+    vacuumed = forgotten["vacuumed"]
+    assert vacuumed.retention_hours == 0
+    for t in vacuumed.tables:
+        assert t.files_removed is not None and t.files_removed > 0, t
+        assert _files_mentioning(conf.table_path(t.table), GONE) == [], t.table
+        assert _files_mentioning(conf.table_path(t.table), KEEP_A), t.table  # the search does read the data
+
+
+def test_rerun_is_idempotent(spark, forgotten):
+    conf, job = forgotten["conf"], forgotten["job"]
+    versions = {s.logical: _version(spark, conf, s) for s in job.targets()}
+    again = job.run([GONE], retention_hours=0)
+    assert again.rows_deleted == 0 and len(again.tables) == len(GONE_ROWS)
+    assert all(t.files_removed is None for t in again.tables)  # nothing deleted, nothing to vacuum
+    assert {s.logical: _version(spark, conf, s) for s in job.targets()} == versions  # no commit at all
+
+
+def test_no_user_is_refused(tmp_path, conf):
+    import argparse
+
+    with pytest.raises(ValueError, match="no user ids given"):
+        ForgetUserJob(None, conf).run([])
+    with pytest.raises(ValueError, match="non-negative integers"):
+        ForgetUserJob(None, conf).run([-1])
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    with pytest.raises(ValueError, match="no user ids given"):
+        user_ids_from_args(parser.parse_args([]))
+    assert user_ids_from_args(parser.parse_args(["--vacuum-only"])) == []
+    with pytest.raises(ValueError, match="takes no user ids"):
+        user_ids_from_args(parser.parse_args(["--vacuum-only", "--user-id", "3"]))
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--vacuum-only", "--no-vacuum"])
+
+    ids = tmp_path / "ids.txt"
+    ids.write_text("7\n\n# a comment\n 3 \n7\n")
+    assert read_users_file(str(ids)) == [7, 3, 7]
+    assert user_ids_from_args(parser.parse_args(["--users-file", str(ids), "--user-id", "9"])) == [3, 7, 9]
+    ids.write_text("7\nseven\n")
+    with pytest.raises(ValueError, match=r"ids.txt:2: not an integer"):
+        read_users_file(str(ids))
+    with pytest.raises(ValueError, match="cannot read users file"):
+        read_users_file(str(tmp_path / "missing.txt"))
+
+    from driftrec.cli import main
+
+    with pytest.raises(SystemExit, match="driftrec forget-user: no user ids given"):
+        main(["forget-user", "--lakehouse", str(tmp_path / "lake")])
+
+
+def test_pseudonymised_lakehouse_forgets_the_pseudonym_too(tmp_path, monkeypatch):
+    from driftrec.pseudonym import pseudonymise_id
+
+    conf = make_conf(tmp_path / "lake", "privacy.pseudonymise_users=true")
+    key = "k" * 32
+    monkeypatch.setenv(conf.privacy.pseudonym_key_env, key)
+    assert ForgetUserJob(None, conf).stored_ids([5]) == sorted({5, pseudonymise_id(5, key.encode())})
+
+
+def test_quarantine_condition_matches_as_ingestion_parses(spark):
+    from jobs.forget_user import quarantine_condition
+
+    rows = ['{"u":"7"}', '{"u":7}', '{"u":" 007 "}', '{"u":"7.0"}', '{"u":"8"}', '{"v":"7"}', '{"u":"x"}', "[7]", "7"]
+    df = spark.createDataFrame([(r,) for r in rows], "row_content string")
+    hit = [r["row_content"] for r in df.where(quarantine_condition([7, 9], ("u",))).collect()]
+    assert sorted(hit) == sorted(rows[:4])
+    assert df.where(~quarantine_condition([7], ("u", "v"))).count() == 4  # the condition is never null

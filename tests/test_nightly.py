@@ -1,0 +1,400 @@
+"""`driftrec nightly`: stage bookkeeping, resume, the run lock, a corrupt model checkpoint, and kills mid-write.
+
+One module world: generated data in a lakehouse ``main`` that runs night D0 stage by stage, with a copy of the
+lakehouse taken before each stage. The kill tests start `driftrec nightly` for D0 in a child process on such a copy,
+stop it the moment a data file of the stage's table exists that no commit references, kill it, rerun the night in
+this process, and compare the stage's tables with ``main``'s.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from delta.tables import DeltaTable
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from driftrec import lakehouse, registry
+from driftrec.config import Config, SyntheticConfig
+from driftrec.models.checkpoint import WEIGHTS
+from driftrec.synthetic import generate
+from driftrec.tables import (
+    DRIFT_PARAMS,
+    EVENTS,
+    ITEM_TEXT_EMBEDDINGS,
+    MIGRATION_STATE_TABLES,
+    MODEL_REGISTRY,
+    PIPELINE_RUNS,
+    RECOMMENDATIONS,
+    TRAINING_SEQUENCES,
+    USER_DRIFT,
+    TableSpec,
+)
+from jobs.nightly import FAILED, RUNNING, STAGES, SUCCEEDED, NightlyJob, PipelineLocked, RunLock
+from tests.conftest import REPO, make_conf
+from tests.transfer_helpers import load
+
+pytestmark = pytest.mark.slow  # several nights with Ray Train runs, and child processes with their own Spark
+
+START = dt.date(2026, 1, 1)
+D0 = START + dt.timedelta(days=4)
+D1 = D0 + dt.timedelta(days=1)
+ORDER = list(STAGES)
+OVERRIDES = (
+    "training.d_model=16", "training.layers=1", "training.max_seq_len=8", "training.epochs=2",
+    "training.warm_epochs=1", "training.batch_size=64", "training.num_workers=1",
+    "topk.k=5", "topk.lookback_days=2", "topk.users_per_batch=32", "topk.partitions=2",
+)
+COPY_IGNORE = shutil.ignore_patterns("_metastore", "_warehouse", "_ray_results", "_pipeline")
+
+
+@dataclass
+class World:
+    main: Config
+    snapshots: dict[str, Path]  # stage -> copy of main taken just before that stage ran for D0
+    run_ids: list[str]
+
+
+def _conf(root: Path, *extra: str) -> Config:
+    return make_conf(root, *OVERRIDES, *extra)
+
+
+def _stages_through(stage: str) -> str:
+    return "pipeline.stages=[" + ", ".join(f'"{s}"' for s in ORDER[: ORDER.index(stage) + 1]) + "]"
+
+
+def _versions(spark, conf: Config) -> dict[str, int]:
+    from driftrec.tables import ALL_TABLES
+
+    return {s.logical: lakehouse.table_version(spark, conf, s) for s in ALL_TABLES
+            if lakehouse.table_exists(spark, conf, s)}
+
+
+@pytest.fixture(scope="module")
+def world(spark, tmp_path_factory) -> World:
+    import ray
+
+    base = tmp_path_factory.mktemp("nightly")
+    main = _conf(base / "main")
+    data = generate(SyntheticConfig(users=50, items=40, categories=3, days=6, seed=11, start_date=START.isoformat()))
+    events = data.events[pd.to_datetime(data.events["timestamp"], unit="s").dt.date <= D1]
+    load(spark, main, events, data.items)
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    snapshots, run_ids = {}, []
+    for stage in ORDER:  # D0 one stage per invocation, copying the lakehouse before each
+        snapshots[stage] = base / f"before_{stage}"
+        shutil.copytree(main.lakehouse.root, snapshots[stage], ignore=COPY_IGNORE)
+        staged = main.model_copy(update={"pipeline": main.pipeline.model_copy(
+            update={"stages": ORDER[: ORDER.index(stage) + 1]})})
+        rep = NightlyJob(spark, staged).run(D0)
+        assert [(r.stage, r.status) for r in rep.records] == [(stage, SUCCEEDED)], rep.summary()
+        run_ids.append(rep.run_id)
+    yield World(main, snapshots, run_ids)
+    ray.shutdown()
+
+
+def _runs(spark, conf: Config) -> pd.DataFrame:
+    return lakehouse.read_table(spark, conf, PIPELINE_RUNS).toPandas()
+
+
+# ---- a whole night, and a rerun of it -------------------------------------------------------------------------
+def test_a_night_records_every_stage_with_real_counts(spark, world):
+    conf = world.main
+    runs = _runs(spark, conf)
+    d0 = runs[runs["ds"] == D0].set_index("stage")
+    assert sorted(d0.index) == sorted(ORDER) and set(d0["status"]) == {SUCCEEDED}
+    # Four invocations, each resuming after the stages the previous ones finished.
+    assert [d0.loc[s, "run_id"] for s in ORDER] == world.run_ids
+    n_events = lakehouse.read_table(spark, conf, EVENTS).where(F.col("event_date") == F.lit(D0)).count()
+    assert d0.loc["migrate", "rows_in"] == n_events > 0
+    assert d0.loc["embed_items", "rows_out"] == lakehouse.read_table(spark, conf, ITEM_TEXT_EMBEDDINGS).count() == 40
+    recs = lakehouse.read_table(spark, conf, RECOMMENDATIONS).where(F.col("ds") == F.lit(D0))
+    assert d0.loc["topk", "rows_out"] == recs.count() > 0
+    assert d0.loc["topk", "rows_in"] == recs.select("user_id").distinct().count()
+    # The first model is promoted (nothing to compare with) and serves its own night.
+    assert d0.loc["train", "model_version"] == d0.loc["topk", "model_version"] == 1
+    reg = lakehouse.read_table(spark, conf, MODEL_REGISTRY).where(F.col("version") == 1).first()
+    assert reg["trained_through"] == D0 and reg["is_current"]
+    assert (d0["seconds"] > 0).all() and d0["finished_at"].notna().all()
+
+
+def test_rerunning_a_finished_night_changes_nothing(spark, world):
+    before = _versions(spark, world.main)
+    report = NightlyJob(spark, world.main).run(D0)
+    assert report.records == [] and report.failed is None
+    assert _versions(spark, world.main) == before
+    assert "nothing to do" in report.summary()
+
+
+# ---- the lock -------------------------------------------------------------------------------------------------
+def test_a_second_run_on_the_same_lakehouse_is_refused_until_the_first_ends(spark, world):
+    root = Path(world.main.lakehouse.root)
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time; from pathlib import Path; from jobs.nightly import RunLock\n"
+         f"with RunLock(Path({str(root)!r}), 'holder-run', 12):\n"
+         "    print('locked', flush=True); time.sleep(120)"],
+        cwd=REPO, stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        before = _versions(spark, world.main)
+        with pytest.raises(PipelineLocked, match=r"another nightly run is active.*holder-run.*pid "
+                                                 rf"{holder.pid} on {socket.gethostname()}"):
+            NightlyJob(spark, world.main).run(D0, force=True)
+        assert _versions(spark, world.main) == before
+    finally:
+        holder.kill()
+        holder.wait()
+    # The holder died without releasing: its lock is stale (no such process) and the next run takes it over.
+    lock = root / "_pipeline" / "nightly.lock"
+    assert lock.exists()
+    assert NightlyJob(spark, world.main).run(D0).records == []
+    assert not lock.exists()
+
+
+def test_a_lock_is_exclusive_and_released(tmp_path):
+    with RunLock(tmp_path, "a", 12):
+        with pytest.raises(PipelineLocked, match="run a"):
+            with RunLock(tmp_path, "b", 12):
+                pass
+    with RunLock(tmp_path, "b", 12):  # released by the first
+        assert "\"b\"" in (tmp_path / "_pipeline" / "nightly.lock").read_text()
+    assert not (tmp_path / "_pipeline" / "nightly.lock").exists()
+
+
+# ---- a bad model checkpoint -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("damage", ["truncated", "missing"])
+def test_a_bad_checkpoint_fails_training_and_keeps_the_current_model(spark, world, tmp_path, damage):
+    root = tmp_path / "lh"
+    shutil.copytree(world.main.lakehouse.root, root, ignore=COPY_IGNORE)
+    conf = _conf(root, 'pipeline.stages=["train", "topk"]')
+    cur = registry.current(spark, conf, conf.training.model_name)
+    local = root / "damaged" / Path(cur["checkpoint"]).name
+    shutil.copytree(cur["checkpoint"], local)  # the copy's registry row is repointed at a private copy to damage
+    DeltaTable.forPath(spark, conf.table_path("model_registry")).update(
+        F.col("version") == cur["version"], {"checkpoint": F.lit(str(local))})
+    if damage == "truncated":
+        weights = local / WEIGHTS
+        weights.write_bytes(weights.read_bytes()[:1000])
+    else:
+        shutil.rmtree(local)
+    before = {s.logical: lakehouse.table_version(spark, conf, s) for s in (MODEL_REGISTRY, TRAINING_SEQUENCES)}
+
+    report = NightlyJob(spark, conf).run(D1)
+    assert [(r.stage, r.status) for r in report.records] == [("train", FAILED)]  # top-k never ran
+    detail = report.failed.result.detail
+    assert detail.startswith("CheckpointError") and str(local) in detail
+    assert f"v{cur['version']} stays current" in detail
+    assert ("unreadable" if damage == "truncated" else "missing") in detail
+    # Nothing written: the registry and tonight's training sequences are as they were.
+    assert {s.logical: lakehouse.table_version(spark, conf, s) for s in (MODEL_REGISTRY, TRAINING_SEQUENCES)} \
+        == before
+    assert registry.current(spark, conf, conf.training.model_name)["version"] == cur["version"]
+    runs = _runs(spark, conf)
+    assert runs[(runs["ds"] == D1) & (runs["stage"] == "train")]["status"].tolist() == [FAILED]
+    # The next run resumes at the failed stage (and fails the same way until the checkpoint is repaired).
+    again = NightlyJob(spark, conf).run(D1)
+    assert [(r.stage, r.status) for r in again.records] == [("train", FAILED)]
+
+
+# ---- kill a stage in the middle of its write ------------------------------------------------------------------
+# Tables each stage writes, and the one whose write is interrupted.
+def _migration_specs() -> list[TableSpec]:
+    return [*MIGRATION_STATE_TABLES, DRIFT_PARAMS, USER_DRIFT]
+
+
+KILL_TARGET = {
+    "migrate": _migration_specs(),
+    "embed_items": [ITEM_TEXT_EMBEDDINGS],
+    "train": [MODEL_REGISTRY],
+    "topk": [RECOMMENDATIONS],
+}
+
+
+def _data_files(table_dir: Path) -> set[str]:
+    return {str(p.relative_to(table_dir)) for p in table_dir.rglob("*")
+            if p.is_file() and "_delta_log" not in p.parts and p.suffix == ".parquet"}
+
+
+def _referenced(table_dir: Path) -> set[str]:
+    """Data files some commit of the table added (its whole history, not only the current snapshot)."""
+    import json
+    from urllib.parse import unquote
+
+    paths = set()
+    for commit in (table_dir / "_delta_log").glob("*.json"):
+        for line in commit.read_text().splitlines():
+            action = json.loads(line) if line.strip() else {}
+            if "add" in action:
+                paths.add(unquote(action["add"]["path"]))
+    return paths
+
+
+def _unreferenced(table_dir: Path) -> set[str]:
+    return _data_files(table_dir) - _referenced(table_dir) if (table_dir / "_delta_log").exists() else set()
+
+
+def _kill_mid_write(cmd: list[str], dirs: list[Path], need_other_commit: bool, log: Path,
+                    timeout: float = 900) -> Path:
+    """Run ``cmd``; the moment one of ``dirs`` holds a data file no commit references (written, not committed),
+    stop the process group (SIGSTOP: it cannot commit any more), check again, and SIGKILL it. For the migration
+    engine, wait until another of its tables has committed new data first: a batch half committed. Returns the
+    interrupted table."""
+    committed0 = {d: _referenced(d) if (d / "_delta_log").exists() else set() for d in dirs}
+    out = log.open("w")
+    proc = subprocess.Popen(cmd, cwd=REPO, start_new_session=True, stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.time() + timeout
+    try:
+        while time.time() < deadline:
+            for d in dirs:
+                if not _unreferenced(d):
+                    continue
+                others = any(_referenced(o) - committed0[o] for o in dirs if o != d and (o / "_delta_log").exists())
+                if others or not need_other_commit:
+                    os.killpg(proc.pid, signal.SIGSTOP)
+                    if _unreferenced(d):
+                        return d
+                    os.killpg(proc.pid, signal.SIGCONT)
+            if proc.poll() is not None:
+                tail = log.read_text()[-3000:]
+                raise AssertionError(f"the child ended (rc {proc.returncode}) before a write could be interrupted; "
+                                     f"its output ends:\n{tail}")
+            time.sleep(0.005)
+        raise AssertionError("no write to interrupt within the timeout")
+    finally:
+        out.close()
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        subprocess.run(["pkill", "-9", "-s", str(proc.pid)], check=False)  # anything left in its session (Ray)
+
+
+def _frame(spark, conf: Config, spec: TableSpec, where=None) -> pd.DataFrame:
+    df = lakehouse.read_table(spark, conf, spec)
+    if where is not None:
+        df = df.where(where)
+    cols = [f.name for f in spec.schema.fields if not isinstance(f.dataType, T.TimestampType)]
+    pdf = df.select(*cols).toPandas()
+    keys = [c for c in cols if not isinstance(spec.schema[c].dataType, (T.ArrayType, T.MapType, T.DoubleType,
+                                                                        T.FloatType))]
+    return pdf.sort_values(keys).reset_index(drop=True)
+
+
+def _assert_same(left: pd.DataFrame, right: pd.DataFrame, what: str) -> None:
+    assert len(left) == len(right), f"{what}: {len(left)} rows, expected {len(right)}"
+    for col in left.columns:
+        a, b = left[col].tolist(), right[col].tolist()
+        if left[col].dtype.kind == "f":
+            assert pd.Series(a).sub(pd.Series(b)).abs().max() < 1e-9 or a == b, f"{what}.{col} differs"
+        else:
+            norm = (lambda v: [list(x) if hasattr(x, "__len__") and not isinstance(x, str) else x for x in v])
+            assert norm(a) == norm(b), f"{what}.{col} differs"
+
+
+@pytest.mark.parametrize("stage", ORDER)
+def test_a_stage_killed_mid_write_reruns_to_the_same_tables(spark, world, tmp_path, stage):
+    root = tmp_path / "lh"
+    shutil.copytree(world.snapshots[stage], root, ignore=COPY_IGNORE)
+    conf = _conf(root, _stages_through(stage))
+    targets = KILL_TARGET[stage]
+    dirs = [Path(conf.table_path(s.logical)) for s in targets]
+    cmd = [sys.executable, "-m", "driftrec.cli", "nightly", "--date", D0.isoformat(), "--lakehouse", str(root),
+           "--set", 'lakehouse.catalog="session"', "--set", "spark.shuffle_partitions=2",
+           "--set", 'spark.driver_memory="2g"', "--set", _stages_through(stage)]
+    for o in OVERRIDES:
+        cmd += ["--set", o]
+    hit = _kill_mid_write(cmd, dirs, need_other_commit=(stage == "migrate"), log=tmp_path / "child.log")
+
+    # Killed between writing data files and committing them: the files are on disk, no table version has them.
+    spec = targets[dirs.index(hit)]
+    current = {Path(f).name for f in lakehouse.read_table(spark, conf, spec).inputFiles()}
+    orphans = _unreferenced(hit)
+    assert orphans and not {Path(f).name for f in orphans} & current
+    runs = _runs(spark, conf)
+    attempt = runs[(runs["ds"] == D0) & (runs["stage"] == stage)]
+    assert attempt["status"].tolist() == [RUNNING]  # the killed attempt never finished
+
+    report = NightlyJob(spark, conf).run(D0)
+    assert [(r.stage, r.status) for r in report.records] == [(stage, SUCCEEDED)], report.summary()
+
+    ref = world.main
+    if stage == "migrate":
+        for s in _migration_specs():
+            _assert_same(_frame(spark, conf, s), _frame(spark, ref, s), s.logical)
+    elif stage == "embed_items":
+        _assert_same(_frame(spark, conf, ITEM_TEXT_EMBEDDINGS), _frame(spark, ref, ITEM_TEXT_EMBEDDINGS),
+                     "item_text_embeddings")
+    elif stage == "train":
+        reg, ref_reg = (lakehouse.read_table(spark, c, MODEL_REGISTRY).toPandas() for c in (conf, ref))
+        assert sorted(reg["version"]) == sorted(ref_reg["version"]) == [1]  # nothing left by the killed attempt
+        assert int(reg["is_current"].sum()) == 1
+        assert sorted(reg["trained_through"]) == sorted(ref_reg["trained_through"])
+        seq = F.col("ds") == F.lit(D0)
+        _assert_same(_frame(spark, conf, TRAINING_SEQUENCES, seq), _frame(spark, ref, TRAINING_SEQUENCES, seq),
+                     "training_sequences")
+    else:
+        night = F.col("ds") == F.lit(D0)
+        got = _frame(spark, conf, RECOMMENDATIONS, night)
+        _assert_same(got, _frame(spark, ref, RECOMMENDATIONS, night), "recommendations")
+        assert not got.duplicated(["user_id", "rank"]).any()
+
+
+# ---- late events ----------------------------------------------------------------------------------------------
+def _add_late_event(spark, conf: Config, day: dt.date) -> None:
+    """One more event on ``day`` for a user and item that exist, arriving now."""
+    from tests.transfer_helpers import events_frame
+
+    row = lakehouse.read_table(spark, conf, EVENTS).where(F.col("event_date") == F.lit(day)).orderBy("event_id").first()
+    ts = int(dt.datetime.combine(day, dt.time(23, 50), dt.UTC).timestamp())
+    late = pd.DataFrame([{"user_id": row["user_id"], "item_id": row["item_id"], "event_type": row["event_type"],
+                          "timestamp": ts, "weight": 1.0}])
+    lakehouse.append(spark, conf, EVENTS, events_frame(spark, late))
+
+
+def test_late_events_inside_the_window_end_as_if_they_had_come_on_time(spark, world, tmp_path):
+    migrate_only = 'pipeline.stages=["migrate"]'
+    # Late: D0 processed, then an event for D0 arrives; the next night (D1) finds it and recomputes D0 first.
+    late = _conf(tmp_path / "late", migrate_only)
+    shutil.copytree(world.main.lakehouse.root, late.lakehouse.root, ignore=COPY_IGNORE)
+    _add_late_event(spark, late, D0)
+    (rec,) = NightlyJob(spark, late).run(D1).records
+    assert rec.status == SUCCEEDED and rec.result.detail.startswith("2 night(s); recomputed " + str(D0)), rec
+    # On time: the same event stored before D0 was processed at all.
+    ontime = _conf(tmp_path / "ontime", migrate_only)
+    shutil.copytree(world.snapshots["migrate"], ontime.lakehouse.root, ignore=COPY_IGNORE)
+    _add_late_event(spark, ontime, D0)
+    from jobs.migrate import MigrationJob
+
+    MigrationJob(spark, ontime).run(D0)
+    MigrationJob(spark, ontime).run(D1)
+    for s in _migration_specs():
+        _assert_same(_frame(spark, late, s), _frame(spark, ontime, s), s.logical)
+    counted = lakehouse.read_table(spark, late, DRIFT_PARAMS).where(F.col("ds") == F.lit(D0)).first()["n_events"]
+    assert counted == lakehouse.read_table(spark, late, EVENTS).where(F.col("event_date") == F.lit(D0)).count()
+
+
+def test_late_events_are_found_only_inside_the_window(spark, world, tmp_path):
+    from jobs.migrate import MigrationJob
+
+    conf = _conf(tmp_path / "late")
+    shutil.copytree(world.main.lakehouse.root, conf.lakehouse.root, ignore=COPY_IGNORE)
+    job = MigrationJob(spark, conf)
+    n = lakehouse.read_table(spark, conf, EVENTS).where(F.col("event_date") == F.lit(D0)).count()
+    assert job.changed_nights(START, D1) == {}
+    _add_late_event(spark, conf, D0)
+    assert job.changed_nights(START, D1) == {D0: (n, n + 1)}
+    assert job.changed_nights(D1, D1) == {}  # outside a window that starts after it: kept, not replayed
+    assert lakehouse.read_table(spark, conf, EVENTS).where(F.col("event_date") == F.lit(D0)).count() == n + 1
