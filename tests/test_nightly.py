@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from delta.tables import DeltaTable
@@ -298,7 +299,8 @@ def _assert_same(left: pd.DataFrame, right: pd.DataFrame, what: str) -> None:
     for col in left.columns:
         a, b = left[col].tolist(), right[col].tolist()
         if left[col].dtype.kind == "f":
-            assert pd.Series(a).sub(pd.Series(b)).abs().max() < 1e-9 or a == b, f"{what}.{col} differs"
+            assert np.allclose(np.asarray(a, float), np.asarray(b, float), rtol=0, atol=1e-9, equal_nan=True), \
+                f"{what}.{col} differs"
         else:
             norm = (lambda v: [list(x) if hasattr(x, "__len__") and not isinstance(x, str) else x for x in v])
             assert norm(a) == norm(b), f"{what}.{col} differs"
