@@ -97,14 +97,21 @@ def _last_event_date(spark, conf):
 
 
 def _demo_migration(spark, conf, last, nights: int) -> None:
-    """Backfill the migration engine over the ``nights`` days before ``last``."""
+    """The migration state up to the night before ``last``, as months of nightly runs would have left it: the history
+    through ``last - nights`` in one pass (a first load), then the nights after it one by one (``last`` itself is the
+    nightly job's). A lakehouse that already holds processed nights (a rerun) only catches up from its watermark."""
     import datetime as dt
 
     from jobs.migrate import MigrationJob
 
-    start = last - dt.timedelta(days=nights)
-    reports = MigrationJob(spark, conf).backfill(start, last - dt.timedelta(days=1))
-    print(reports[-1].summary())
+    job = MigrationJob(spark, conf)
+    done = job.processed_dates()
+    if not done:
+        cutoff = last - dt.timedelta(days=nights)
+        print(job.rebuild(cutoff).summary())
+        done = [cutoff]
+    if done[-1] < last - dt.timedelta(days=1):
+        print(job.run(last - dt.timedelta(days=1))[-1].summary())
 
 
 def cmd_generate(args) -> int:
@@ -161,9 +168,8 @@ def cmd_demo(args) -> int:
     from jobs.nightly import NightlyJob
 
     last = _last_event_date(spark, conf)
-    if args.nights > 1:
-        _banner(f"interest migration, the {args.nights - 1} night(s) before {last}")
-        _demo_migration(spark, conf, last, args.nights - 1)
+    _banner(f"interest migration: the history up to {last}")
+    _demo_migration(spark, conf, last, max(1, args.nights))
     _banner(f"nightly pipeline for {last}: {', '.join(conf.pipeline.stages)}")
     if NightlyJob(spark, conf).run(last, force=True).failed:
         return 1
@@ -202,7 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_flags(p)
     p.add_argument("--movielens", metavar="DIR", help="use a MovieLens release instead of generated data")
     p.add_argument(
-        "--nights", type=int, default=2, help="nights of the migration engine to backfill (the last N days with data)"
+        "--nights", type=int, default=2,
+        help="the last N days run night by night through the migration engine (the history before is built in one pass)"
     )
     p.set_defaults(func=cmd_demo)
 
