@@ -27,6 +27,15 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lakehouse", help="lakehouse root (shortcut for --set lakehouse.root=...)")
 
 
+def add_run_id(parser: argparse.ArgumentParser) -> None:
+    """For the nightly stages' own entry points: the ``pipeline_runs`` run id their row is recorded under."""
+    parser.add_argument(
+        "--run-id",
+        help="record this stage in pipeline_runs under this run id (default: a new one); a scheduler passes its "
+        "run's id so the stages of one night share it",
+    )
+
+
 def config_from_args(args: argparse.Namespace) -> Config:
     overrides = list(args.overrides)
     if getattr(args, "lakehouse", None):

@@ -9,6 +9,7 @@ model load per Python worker, so a large catalogue spreads over the cluster. Whe
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import math
 import sys
@@ -19,7 +20,9 @@ from pyspark.sql import functions as F
 
 from driftrec import lakehouse
 from driftrec.config import Config
-from driftrec.jobargs import base_parser, config_from_args
+from driftrec.jobargs import add_run_id, base_parser, config_from_args, parse_date
+from driftrec.spark import build_spark
+from driftrec.stage_runs import StageResult, run_recorded
 from driftrec.tables import ITEM_TEXT_EMBEDDINGS, ITEM_TOPICS, ITEMS
 
 log = logging.getLogger("driftrec.embed_items")
@@ -108,20 +111,33 @@ class EmbedItemsJob:
 
 
 def add_arguments(parser) -> None:
-    """No flags beyond the shared ones: the job encodes whatever items are new or changed."""
+    """The job encodes whatever items are new or changed; the date only names the night in ``pipeline_runs``."""
+    parser.add_argument("--date", type=parse_date,
+                        help="the night this run belongs to in pipeline_runs (YYYY-MM-DD; default: today, UTC)")
+    add_run_id(parser)
+
+
+def run_stage(spark: SparkSession, conf: Config, ds: dt.date) -> StageResult:
+    """The nightly ``embed_items`` stage and what it read and wrote (the night does not change what it encodes)."""
+    rep = EmbedItemsJob(spark, conf).run()
+    return StageResult(rows_in=rep.candidates, rows_out=rep.inserted + rep.updated, detail=rep.summary())
+
+
+def run_from_args(spark: SparkSession, conf: Config, args) -> StageResult:
+    """The stage, recorded in ``pipeline_runs`` like a nightly run records it."""
+    ds = args.date or dt.datetime.now(dt.UTC).date()
+    return run_recorded(spark, conf, ds, "embed_items", lambda: run_stage(spark, conf, ds), args.run_id)
 
 
 def entrypoint(argv: list[str] | None = None) -> int:
     """Console script / spark-submit entry: the cluster decides the master."""
-    from driftrec.spark import build_spark
-
     parser = base_parser("Encode new or changed items' text with the pretrained sentence encoder.")
     add_arguments(parser)
     args = parser.parse_args(argv)
     conf = config_from_args(args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     spark = build_spark(conf, app_name="driftrec-embed-items")
-    print(EmbedItemsJob(spark, conf).run().summary())
+    print(run_from_args(spark, conf, args).detail)
     return 0
 
 

@@ -42,7 +42,10 @@ from driftrec.config import Config
 from driftrec.evaluation import baselines, metrics, protocols
 from driftrec.evaluation.views import latest_drift
 from driftrec.jobargs import base_parser, config_from_args
+from driftrec.spark import build_spark
 from driftrec.tables import EVALUATION_RUNS, EVENTS, ITEM_TEXT_EMBEDDINGS, ITEM_TOPICS, ITEMS
+from jobs.embed_items import EmbedItemsJob
+from jobs.migrate import MigrationJob
 
 log = logging.getLogger("driftrec.evaluate")
 
@@ -108,9 +111,6 @@ class EvaluationJob:
     # ---- scratch lakehouse -------------------------------------------------------------------------------------
     def scratch(self, protocol: str, train: DataFrame, cutoff: dt.date, embedded_from: Config | None) -> Config:
         """A fresh lakehouse with the training events, the catalogue, its embeddings and the migration state."""
-        from jobs.embed_items import EmbedItemsJob
-        from jobs.migrate import MigrationJob
-
         spark = self.spark
         root = self.work / protocol
         sconf = _scratch_conf(self.conf, root, protocol)
@@ -133,7 +133,7 @@ class EvaluationJob:
     # ---- systems -----------------------------------------------------------------------------------------------
     def model_recs(self, sconf: Config, protocol: str, cutoff: dt.date, users: DataFrame, k: int,
                    timings: dict[str, float]) -> dict[str, DataFrame]:
-        from jobs.topk import TopKJob
+        from jobs.topk import TopKJob  # lazily: torch
         from jobs.train import TrainJob
 
         spark, out = self.spark, {}
@@ -250,8 +250,6 @@ def add_arguments(parser) -> None:
 
 def entrypoint(argv: list[str] | None = None) -> int:
     """Console script / spark-submit entry: the cluster decides the master."""
-    from driftrec.spark import build_spark
-
     parser = base_parser("Offline evaluation of every system under both protocols, with a report.")
     add_arguments(parser)
     args = parser.parse_args(argv)

@@ -52,6 +52,7 @@ from pyspark.sql import functions as F
 from driftrec import lakehouse, tables
 from driftrec.config import Config
 from driftrec.jobargs import base_parser, config_from_args
+from driftrec.spark import build_spark
 from driftrec.tables import QUARANTINE, TableSpec
 
 log = logging.getLogger("driftrec.forget_user")
@@ -253,8 +254,6 @@ def run_from_args(spark: SparkSession, conf: Config, args) -> ForgetReport:
 
 def entrypoint(argv: list[str] | None = None) -> int:
     """Console script / spark-submit entry: the cluster decides the master."""
-    from driftrec.spark import build_spark
-
     parser = base_parser("Forget users (GDPR erasure): delete their rows from the lakehouse, then VACUUM.")
     add_arguments(parser)
     args = parser.parse_args(argv)

@@ -28,6 +28,7 @@ from driftrec.config import Config
 from driftrec.jobargs import base_parser, config_from_args
 from driftrec.pseudonym import key_from_env, pseudonymise_quarantine, pseudonymise_raw_events
 from driftrec.sources import RawSource, read_generic_events, read_generic_items, read_movielens
+from driftrec.spark import build_spark
 from driftrec.tables import EVENTS, INGEST_LOG, ITEMS, QUARANTINE
 from driftrec.validation import dedupe_events, dedupe_items, validate_events, validate_items
 
@@ -216,8 +217,6 @@ def run_from_args(spark: SparkSession, conf: Config, args) -> IngestReport:
 
 def entrypoint(argv: list[str] | None = None) -> int:
     """Console script / spark-submit entry: the cluster decides the master."""
-    from driftrec.spark import build_spark
-
     parser = base_parser("Ingest event logs and an item catalogue into the driftrec lakehouse.")
     add_arguments(parser)
     args = parser.parse_args(argv)

@@ -29,10 +29,12 @@ from pyspark.sql import functions as F
 from driftrec import lakehouse
 from driftrec.categories import item_categories
 from driftrec.config import Config
-from driftrec.jobargs import base_parser, config_from_args, parse_date
+from driftrec.jobargs import add_run_id, base_parser, config_from_args, parse_date
 from driftrec.migration import drift, fit, interest
 from driftrec.migration import transitions as tr
 from driftrec.migration.state import StagedState, date_range, materialise
+from driftrec.spark import build_spark
+from driftrec.stage_runs import StageResult, run_recorded
 from driftrec.tables import (
     CATEGORY_TRANSITIONS,
     DRIFT_PARAMS,
@@ -71,6 +73,22 @@ class NightReport:
             f"migrate {self.ds}: {self.n_events} events, {self.n_users} users moved, "
             f"a={self.a:.3f} b={self.b:.3f} ({self.method}, log-likelihood {ll})"
         )
+
+
+@dataclass(frozen=True)
+class NightRun:
+    """One night as the ``migrate`` stage runs it: the nights computed, and those replayed for late events."""
+
+    ds: dt.date
+    reports: list[NightReport]
+    replayed: dict[dt.date, tuple[int, int]]  # night -> (events counted, events stored) of each changed night
+
+    def stage_result(self) -> StageResult:
+        late = "; recomputed " + ", ".join(f"{d} ({a} -> {b} events)" for d, (a, b) in self.replayed.items()) \
+            if self.replayed else ""
+        return StageResult(rows_in=sum(r.n_events for r in self.reports),
+                           rows_out=sum(r.n_users for r in self.reports),
+                           detail=f"{len(self.reports)} night(s){late}; {self.reports[-1].summary()}")
 
 
 class MigrationJob:
@@ -166,6 +184,22 @@ class MigrationJob:
             start = done[-1] + dt.timedelta(days=1)
             log.info("catching up the nights %s..%s since the watermark", start, day)
         return self._batches(self._prepare(start), day)
+
+    def run_night(self, day: dt.date) -> NightRun:
+        """The ``migrate`` stage for night ``day``, whatever launches it: :meth:`run`, after replaying late events.
+
+        Processed nights of the previous ``pipeline.late_window_days`` that gained events since (late arrivals,
+        :meth:`changed_nights`) are recomputed from the first of them onwards, so the state ends exactly as if the
+        events had come on time. Older late events are kept but need an explicit backfill.
+        """
+        window = self.conf.pipeline.late_window_days
+        changed = self.changed_nights(day - dt.timedelta(days=window), day - dt.timedelta(days=1)) if window else {}
+        if not changed:
+            return NightRun(day, self.run(day), {})
+        first = min(changed)
+        log.warning("events changed since these nights were processed (counted, stored): %s; recomputing from %s",
+                    {str(d): v for d, v in changed.items()}, first)
+        return NightRun(day, self.backfill(first, day), changed)
 
     def rebuild(self, cutoff: dt.date) -> NightReport:
         """The whole state as of ``cutoff`` from every stored event up to it, in one pass (:mod:`..bulk`).
@@ -429,27 +463,47 @@ def add_arguments(parser) -> None:
     parser.add_argument("--to", dest="end", type=parse_date, help="last night of a backfill (inclusive)")
     parser.add_argument("--rebuild-through", dest="rebuild", type=parse_date,
                         help="build the state as of this date from all history in one pass (empty state only)")
+    add_run_id(parser)
+
+
+def check_modes(args) -> str | None:
+    """The error for a flag combination other than one of --date, --from with --to, or --rebuild-through."""
+    modes = [args.date is not None, args.start is not None or args.end is not None, args.rebuild is not None]
+    if sum(modes) != 1 or (modes[1] and (args.start is None or args.end is None)):
+        return "give one of --date, both --from and --to, or --rebuild-through"
+    return None
+
+
+def run_stage(spark: SparkSession, conf: Config, ds: dt.date) -> StageResult:
+    """The nightly ``migrate`` stage for ``ds`` (late events replayed) and what it read and wrote."""
+    return MigrationJob(spark, conf).run_night(ds).stage_result()
 
 
 def run_from_args(spark: SparkSession, conf: Config, args) -> list[NightReport]:
+    """``--date`` is the nightly stage (late-event replay, a ``pipeline_runs`` row); a range or a rebuild is a
+    maintenance operation on the migration tables only."""
     job = MigrationJob(spark, conf)
     if args.rebuild is not None:
         return [job.rebuild(args.rebuild)]
     if args.date is not None:
-        return job.run(args.date)
+        runs: list[NightRun] = []
+
+        def work() -> StageResult:
+            runs.append(job.run_night(args.date))
+            return runs[-1].stage_result()
+
+        run_recorded(spark, conf, args.date, "migrate", work, getattr(args, "run_id", None))
+        return runs[-1].reports
     return job.backfill(args.start, args.end)
 
 
 def entrypoint(argv: list[str] | None = None) -> int:
     """Console script / spark-submit entry: the cluster decides the master."""
-    from driftrec.spark import build_spark
-
     parser = base_parser("Interest migration: transitions, decayed counts, interest drift for one night or a range.")
     add_arguments(parser)
     args = parser.parse_args(argv)
-    modes = [args.date is not None, args.start is not None or args.end is not None, args.rebuild is not None]
-    if sum(modes) != 1 or (modes[1] and (args.start is None or args.end is None)):
-        parser.error("give one of --date, both --from and --to, or --rebuild-through")
+    if (problem := check_modes(args)) is not None:
+        parser.error(problem)
     conf = config_from_args(args)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     spark = build_spark(conf, app_name="driftrec-migrate")

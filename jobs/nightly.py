@@ -22,42 +22,24 @@ import socket
 import sys
 import time
 import traceback
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pyspark.sql import SparkSession
-from pyspark.sql import functions as F
 
-from driftrec import lakehouse, registry
+from driftrec import lakehouse, stage_runs
 from driftrec.config import Config
 from driftrec.jobargs import base_parser, config_from_args, parse_date
+from driftrec.spark import build_spark
+from driftrec.stage_runs import FAILED, RUNNING, SUCCEEDED, StageRecord, StageResult  # noqa: F401 (re-exported)
 from driftrec.tables import PIPELINE_RUNS
+from jobs import embed_items, migrate
 
 log = logging.getLogger("driftrec.nightly")
-
-RUNNING, SUCCEEDED, FAILED = "running", "succeeded", "failed"
 
 
 class PipelineLocked(RuntimeError):
     """Another nightly run holds this lakehouse."""
-
-
-@dataclass
-class StageResult:
-    rows_in: int | None = None
-    rows_out: int | None = None
-    model_version: int | None = None
-    detail: str = ""
-
-
-@dataclass
-class StageRecord:
-    ds: dt.date
-    stage: str
-    status: str
-    seconds: float = 0.0
-    result: StageResult = field(default_factory=StageResult)
 
 
 @dataclass
@@ -87,52 +69,20 @@ def _n(v) -> str:
     return "-" if v is None else str(v)
 
 
-# ---- stages: each runs one job for a date and says what it read and wrote ------------------------------------
-def _migrate(spark: SparkSession, conf: Config, ds: dt.date) -> StageResult:
-    from jobs.migrate import MigrationJob
-
-    job = MigrationJob(spark, conf)
-    window = conf.pipeline.late_window_days
-    changed = job.changed_nights(ds - dt.timedelta(days=window), ds - dt.timedelta(days=1)) if window else {}
-    if changed:
-        # Late events (or deletions) inside the window: rewind to the first changed night and replay it onwards, so
-        # the state ends exactly as if the events had been there on time.
-        first = min(changed)
-        log.warning("events changed since these nights were processed (counted, stored): %s; recomputing from %s",
-                    {str(d): v for d, v in changed.items()}, first)
-        reports = job.backfill(first, ds)
-    else:
-        reports = job.run(ds)
-    late = "; recomputed " + ", ".join(f"{d} ({a} -> {b} events)" for d, (a, b) in changed.items()) if changed else ""
-    last = reports[-1]
-    return StageResult(rows_in=sum(r.n_events for r in reports), rows_out=sum(r.n_users for r in reports),
-                       detail=f"{len(reports)} night(s){late}; {last.summary()}")
-
-
-def _embed_items(spark: SparkSession, conf: Config, ds: dt.date) -> StageResult:
-    from jobs.embed_items import EmbedItemsJob
-
-    rep = EmbedItemsJob(spark, conf).run()
-    return StageResult(rows_in=rep.candidates, rows_out=rep.inserted + rep.updated, detail=rep.summary())
-
-
+# ---- stages: each job's own ``run_stage`` runs it for a date and says what it read and wrote -------------------
 def _train(spark: SparkSession, conf: Config, ds: dt.date) -> StageResult:
-    from jobs.train import TrainJob
+    from jobs import train  # lazily: torch, only for a run that trains
 
-    rep = TrainJob(spark, conf).run(ds)
-    cur = registry.current(spark, conf, conf.training.model_name)
-    return StageResult(rows_in=rep.metrics.get("valid_users"), rows_out=1,
-                       model_version=int(cur["version"]) if cur is not None else None, detail=rep.summary())
+    return train.run_stage(spark, conf, ds)
 
 
 def _topk(spark: SparkSession, conf: Config, ds: dt.date) -> StageResult:
-    from jobs.topk import TopKJob
+    from jobs import topk  # lazily: torch, only for a run that scores
 
-    rep = TopKJob(spark, conf).run(ds)
-    return StageResult(rows_in=rep.users, rows_out=rep.rows, model_version=rep.model_version, detail=rep.summary())
+    return topk.run_stage(spark, conf, ds)
 
 
-STAGES = {"migrate": _migrate, "embed_items": _embed_items, "train": _train, "topk": _topk}
+STAGES = {"migrate": migrate.run_stage, "embed_items": embed_items.run_stage, "train": _train, "topk": _topk}
 
 
 # ---- the lock -------------------------------------------------------------------------------------------------
@@ -197,28 +147,15 @@ class NightlyJob:
     def __init__(self, spark: SparkSession, conf: Config, *, out=None):
         self.spark = spark
         self.conf = conf
-        self.run_id = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+        self.run_id = stage_runs.new_run_id()
         self.out = out or sys.stdout
 
     def _say(self, text: str) -> None:
         print(text, file=self.out, flush=True)
 
     def status(self, dates: list[dt.date]) -> dict[tuple[dt.date, str], str]:
-        """Latest status per (date, stage) among ``dates``."""
-        if not lakehouse.table_exists(self.spark, self.conf, PIPELINE_RUNS):
-            return {}
-        rows = (
-            lakehouse.read_table(self.spark, self.conf, PIPELINE_RUNS)
-            .where(F.col("ds").isin(dates))
-            .select("ds", "stage", "status", "started_at")
-            .collect()
-        )
-        latest: dict[tuple[dt.date, str], tuple] = {}
-        for r in rows:
-            key = (r["ds"], r["stage"])
-            if key not in latest or r["started_at"] >= latest[key][0]:
-                latest[key] = (r["started_at"], r["status"])
-        return {k: v[1] for k, v in latest.items()}
+        """Latest status per (date, stage) among ``dates``, whichever launcher recorded it."""
+        return stage_runs.latest_status(self.spark, self.conf, dates)
 
     def plan(self, dates: list[dt.date], force: bool = False) -> list[tuple[dt.date, list[str]]]:
         """The stages each date still needs: from its first stage that has not succeeded to the end."""
@@ -236,17 +173,6 @@ class NightlyJob:
             if todo:
                 plan.append((ds, todo))
         return plan
-
-    def _record(self, ds: dt.date, stage: str, status: str, started: dt.datetime, seconds: float | None,
-                result: StageResult) -> None:
-        row = {
-            "run_id": self.run_id, "ds": ds, "stage": stage, "status": status,
-            "rows_in": result.rows_in, "rows_out": result.rows_out, "seconds": seconds,
-            "model_version": result.model_version, "detail": result.detail[:4000], "started_at": started,
-            "finished_at": None if status == RUNNING else dt.datetime.now(dt.UTC).replace(tzinfo=None),
-        }
-        df = self.spark.createDataFrame([row], schema=PIPELINE_RUNS.schema)
-        lakehouse.merge_upsert(self.spark, self.conf, PIPELINE_RUNS, df, update_when="true", metrics=False)
 
     def run(self, start: dt.date, end: dt.date | None = None, *, force: bool = False) -> NightlyReport:
         end = end or start
@@ -273,23 +199,17 @@ class NightlyJob:
 
     def _run_stage(self, ds: dt.date, stage: str, i: int, n: int) -> StageRecord:
         self._say(f"\n=== {ds}  [{i}/{n}] {stage} ===")
-        started = dt.datetime.now(dt.UTC).replace(tzinfo=None)
-        self._record(ds, stage, RUNNING, started, None, StageResult())
-        t0 = time.perf_counter()
-        try:
-            result = STAGES[stage](self.spark, self.conf, ds)
-        except Exception as e:
-            seconds = time.perf_counter() - t0
-            detail = f"{type(e).__name__}: {e}"
-            log.error("stage %s for %s failed:\n%s", stage, ds, traceback.format_exc())
-            self._record(ds, stage, FAILED, started, seconds, StageResult(detail=detail))
-            self._say(f"FAILED {stage} for {ds} after {seconds:.1f}s: {detail}\n"
+        rec = stage_runs.attempt(self.spark, self.conf, self.run_id, ds, stage,
+                                 lambda: STAGES[stage](self.spark, self.conf, ds))
+        if rec.status == FAILED:
+            log.error("stage %s for %s failed:\n%s", stage, ds,
+                      "".join(traceback.format_exception(rec.error)))
+            self._say(f"FAILED {stage} for {ds} after {rec.seconds:.1f}s: {rec.result.detail}\n"
                       f"rerun the same command to resume at {stage}")
-            return StageRecord(ds, stage, FAILED, seconds, StageResult(detail=detail))
-        seconds = time.perf_counter() - t0
-        self._record(ds, stage, SUCCEEDED, started, seconds, result)
-        self._say(f"{stage} done in {seconds:.1f}s: {result.detail.splitlines()[0] if result.detail else ''}")
-        return StageRecord(ds, stage, SUCCEEDED, seconds, result)
+        else:
+            detail = rec.result.detail
+            self._say(f"{stage} done in {rec.seconds:.1f}s: {detail.splitlines()[0] if detail else ''}")
+        return rec
 
 
 def add_arguments(parser) -> None:
@@ -319,8 +239,6 @@ def run_from_args(spark: SparkSession, conf: Config, args) -> int:
 
 def entrypoint(argv: list[str] | None = None) -> int:
     """Console script / spark-submit entry: the cluster decides the Spark master and (via config) Ray's address."""
-    from driftrec.spark import build_spark
-
     parser = base_parser("Run every nightly stage for a date (or a range), resuming where a failed run stopped.")
     add_arguments(parser)
     args = parser.parse_args(argv)

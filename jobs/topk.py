@@ -26,7 +26,7 @@ from pyspark.sql import functions as F
 
 from driftrec import lakehouse
 from driftrec.config import Config
-from driftrec.jobargs import base_parser, config_from_args, parse_date
+from driftrec.jobargs import add_run_id, base_parser, config_from_args, parse_date
 from driftrec.migration import transitions as tr
 from driftrec.migration.scoring import (
     MarkovState,
@@ -36,6 +36,8 @@ from driftrec.migration.scoring import (
     reason_text,
 )
 from driftrec.serving import ServingModel, load_serving_model
+from driftrec.spark import build_spark
+from driftrec.stage_runs import StageResult, run_recorded
 from driftrec.tables import EVENTS, ITEMS, MIGRATION_RUNS, RECOMMENDATIONS, USER_INTEREST
 
 log = logging.getLogger("driftrec.topk")
@@ -320,19 +322,29 @@ class TopKJob:
 
 def add_arguments(parser) -> None:
     parser.add_argument("--date", type=parse_date, required=True, help="the night to score (YYYY-MM-DD)")
+    add_run_id(parser)
+
+
+def run_stage(spark: SparkSession, conf: Config, ds: dt.date) -> StageResult:
+    """The nightly ``topk`` stage and what it read (users scored) and wrote (rows)."""
+    rep = TopKJob(spark, conf).run(ds)
+    return StageResult(rows_in=rep.users, rows_out=rep.rows, model_version=rep.model_version, detail=rep.summary())
+
+
+def run_from_args(spark: SparkSession, conf: Config, args) -> StageResult:
+    """The stage, recorded in ``pipeline_runs`` like a nightly run records it."""
+    return run_recorded(spark, conf, args.date, "topk", lambda: run_stage(spark, conf, args.date), args.run_id)
 
 
 def entrypoint(argv: list[str] | None = None) -> int:
     """Console script / spark-submit entry: the cluster decides the master."""
-    from driftrec.spark import build_spark
-
     parser = base_parser("Nightly top-k: score active users, blend with migration, write recommendations.")
     add_arguments(parser)
     args = parser.parse_args(argv)
     conf = config_from_args(args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     spark = build_spark(conf, app_name="driftrec-topk")
-    print(TopKJob(spark, conf).run(args.date).summary())
+    print(run_from_args(spark, conf, args).detail)
     return 0
 
 

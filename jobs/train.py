@@ -28,10 +28,12 @@ from pyspark.sql import functions as F
 
 from driftrec import lakehouse, registry
 from driftrec.config import Config
-from driftrec.jobargs import base_parser, config_from_args, parse_date
+from driftrec.jobargs import add_run_id, base_parser, config_from_args, parse_date
 from driftrec.models.batches import ItemSpace, extend_space, valid_batch
 from driftrec.models.evaluation import hit_rate_at_k, ndcg_at_k, popularity_scores, target_ranks
 from driftrec.models.sasrec import SASRec, SASRecParams
+from driftrec.spark import build_spark
+from driftrec.stage_runs import StageResult, run_recorded
 from driftrec.tables import EVENTS, TRAINING_SEQUENCES
 
 log = logging.getLogger("driftrec.train")
@@ -259,20 +261,31 @@ class TrainJob:
 
 def add_arguments(parser) -> None:
     parser.add_argument("--date", type=parse_date, required=True, help="trained-through date (YYYY-MM-DD)")
+    add_run_id(parser)
+
+
+def run_stage(spark: SparkSession, conf: Config, ds: dt.date) -> StageResult:
+    """The nightly ``train`` stage and what it read and wrote; the model version is the one current after it."""
+    rep = TrainJob(spark, conf).run(ds)
+    cur = registry.current(spark, conf, conf.training.model_name)
+    return StageResult(rows_in=rep.metrics.get("valid_users"), rows_out=1,
+                       model_version=int(cur["version"]) if cur is not None else None, detail=rep.summary())
+
+
+def run_from_args(spark: SparkSession, conf: Config, args) -> StageResult:
+    """The stage, recorded in ``pipeline_runs`` like a nightly run records it."""
+    return run_recorded(spark, conf, args.date, "train", lambda: run_stage(spark, conf, args.date), args.run_id)
 
 
 def entrypoint(argv: list[str] | None = None) -> int:
     """Console script / spark-submit entry: the cluster decides the Spark master and (via config) Ray's address."""
-    from driftrec.spark import build_spark
-
     parser = base_parser("Train the sequential recommender with Ray Train and gate it through the model registry.")
     add_arguments(parser)
     args = parser.parse_args(argv)
     conf = config_from_args(args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     spark = build_spark(conf, app_name="driftrec-train")
-    report = TrainJob(spark, conf).run(args.date)
-    print(report.summary())
+    print(run_from_args(spark, conf, args).detail)
     return 0
 
 

@@ -237,7 +237,7 @@ def test_no_user_is_refused(tmp_path, conf):
     with pytest.raises(ValueError, match="cannot read users file"):
         read_users_file(str(tmp_path / "missing.txt"))
 
-    from driftrec.cli import main
+    from jobs.cli import main
 
     with pytest.raises(SystemExit, match="driftrec forget-user: no user ids given"):
         main(["forget-user", "--lakehouse", str(tmp_path / "lake")])

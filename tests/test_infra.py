@@ -19,7 +19,8 @@ from tests.conftest import REPO
 INFRA = REPO / "infra"
 DAY = "2026-11-29"
 DELTA = re.search(r"delta-spark==([\d.]+)", (REPO / "pyproject.toml").read_text()).group(1)  # the pinned version
-JOBS = {p.stem for p in (REPO / "jobs").glob("*.py") if p.stem != "__init__"}
+# Every spark-submit job; jobs/cli.py is the local `driftrec` command over them, not a job of its own.
+JOBS = {p.stem for p in (REPO / "jobs").glob("*.py") if p.stem not in ("__init__", "cli")}
 
 
 def job_parser(job: str):
@@ -112,10 +113,16 @@ def test_airflow_dag_stages_name_jobs_with_flags_they_accept():
         assert (REPO / "jobs" / f"{job}.py").exists()
         accepts(job, [*args, "--config", "prod.toml"])
     assert "--date" in stages["migrate"][1] and "--date" in stages["topk"][1]
+    # The nightly stages name their night and record their pipeline_runs rows under the DAG run's id.
+    for task in ("migrate", "embed_items", "topk"):
+        args = stages[task][1]
+        assert args[args.index("--date") + 1] == DAY and args[args.index("--run-id") + 1] == "{{ run_id }}", task
     # The train step submits the Ray entry script with the logical date; the chain runs the stages in order.
     bash = next(c for c in _literal_calls(tree, "BashOperator"))
     command = ast.unparse(next(k.value for k in bash.keywords if k.arg == "bash_command"))
     assert "ray job submit" in command and "infra/ray/train_entry.sh --date {{{{ ds }}}}" in command
+    assert "--run-id '{{{{ run_id }}}}'" in command
+    accepts("train", ["--date", DAY, "--run-id", "scheduled__2026-11-29T02:30:00+00:00"])
     chain = next(n for n in ast.walk(tree) if isinstance(n, ast.Expr) and isinstance(n.value, ast.BinOp))
     assert ast.unparse(chain) == "ingest >> migrate >> embed >> train >> topk"
 

@@ -313,7 +313,7 @@ def test_a_stage_killed_mid_write_reruns_to_the_same_tables(spark, world, tmp_pa
     conf = _conf(root, _stages_through(stage))
     targets = KILL_TARGET[stage]
     dirs = [Path(conf.table_path(s.logical)) for s in targets]
-    cmd = [sys.executable, "-m", "driftrec.cli", "nightly", "--date", D0.isoformat(), "--lakehouse", str(root),
+    cmd = [sys.executable, "-m", "jobs.cli", "nightly", "--date", D0.isoformat(), "--lakehouse", str(root),
            "--set", 'lakehouse.catalog="session"', "--set", "spark.shuffle_partitions=2",
            "--set", 'spark.driver_memory="2g"', "--set", _stages_through(stage)]
     for o in OVERRIDES:

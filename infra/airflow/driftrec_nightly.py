@@ -3,6 +3,9 @@
 Every Spark stage is a ``SparkSubmitOperator`` with the Delta package and the packed environment
 (``infra/spark/pack_env.sh``); training is submitted to the Ray cluster with ``ray job submit``. Each task passes
 the run's logical date (``{{ ds }}``), and every job is idempotent per date, so clearing a task reruns it safely.
+The four nightly stages behave as under ``driftrec nightly``: ``migrate --date`` replays late events inside
+``pipeline.late_window_days`` itself, and each stage records its ``pipeline_runs`` row under the DAG run's id
+(``--run-id``), so a later ``driftrec nightly`` for the date resumes after what this DAG finished.
 
 Airflow variables: ``driftrec_repo`` (checkout on the workers), ``driftrec_config`` (TOML), ``driftrec_env_archive``
 (packed venv), ``driftrec_events`` (event log location, with ``{ds}`` for the day), ``driftrec_ray_address``.
@@ -56,15 +59,15 @@ with DAG(
     tags=["driftrec"],
 ) as dag:
     ingest = spark_stage("ingest", "ingest", ["--events", EVENTS.replace("{ds}", "{{ ds }}"), "--format", "parquet"])
-    migrate = spark_stage("migrate", "migrate", ["--date", "{{ ds }}"])
-    embed = spark_stage("embed_items", "embed_items", [])
+    migrate = spark_stage("migrate", "migrate", ["--date", "{{ ds }}", "--run-id", "{{ run_id }}"])
+    embed = spark_stage("embed_items", "embed_items", ["--date", "{{ ds }}", "--run-id", "{{ run_id }}"])
     train = BashOperator(
         task_id="train",
         bash_command=(
             f"ray job submit --address {RAY_ADDRESS} --working-dir {REPO} -- "
-            f"bash infra/ray/train_entry.sh --date {{{{ ds }}}} --config {CONFIG}"
+            f"bash infra/ray/train_entry.sh --date {{{{ ds }}}} --run-id '{{{{ run_id }}}}' --config {CONFIG}"
         ),
     )
-    topk = spark_stage("topk", "topk", ["--date", "{{ ds }}"])
+    topk = spark_stage("topk", "topk", ["--date", "{{ ds }}", "--run-id", "{{ run_id }}"])
 
     ingest >> migrate >> embed >> train >> topk

@@ -1,0 +1,114 @@
+"""Stage bookkeeping in ``pipeline_runs``: one row per attempt of a nightly stage, whatever launched it.
+
+`driftrec nightly`, the standalone entry points (``jobs/<stage>.py``, ``driftrec <stage>``) and the Airflow DAG
+all record through here, so a night's rows look the same however it ran, and a later `driftrec nightly` resumes
+after stages a scheduler already finished. A row is written when the attempt starts (``running``: a killed
+process leaves it behind) and again when it ends (``succeeded`` or ``failed`` with rows in/out, seconds, detail).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+
+from driftrec import lakehouse
+from driftrec.config import Config
+from driftrec.tables import PIPELINE_RUNS
+
+RUNNING, SUCCEEDED, FAILED = "running", "succeeded", "failed"
+
+
+@dataclass
+class StageResult:
+    """What a stage read and wrote; each job's ``run_stage`` says it the same way for every launcher."""
+
+    rows_in: int | None = None
+    rows_out: int | None = None
+    model_version: int | None = None
+    detail: str = ""
+
+
+@dataclass
+class StageRecord:
+    ds: dt.date
+    stage: str
+    status: str
+    seconds: float = 0.0
+    result: StageResult = field(default_factory=StageResult)
+    error: BaseException | None = None  # the exception of a failed attempt, for a caller that re-raises it
+
+
+def new_run_id() -> str:
+    """Sortable by start time, unique across concurrent launches."""
+    return dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+def record(spark: SparkSession, conf: Config, run_id: str, ds: dt.date, stage: str, status: str,
+           started: dt.datetime, seconds: float | None, result: StageResult) -> None:
+    """Upsert the attempt's row (keyed by run id, date and stage)."""
+    row = {
+        "run_id": run_id, "ds": ds, "stage": stage, "status": status,
+        "rows_in": result.rows_in, "rows_out": result.rows_out, "seconds": seconds,
+        "model_version": result.model_version, "detail": result.detail[:4000], "started_at": started,
+        "finished_at": None if status == RUNNING else _now(),
+    }
+    df = spark.createDataFrame([row], schema=PIPELINE_RUNS.schema)
+    lakehouse.merge_upsert(spark, conf, PIPELINE_RUNS, df, update_when="true", metrics=False)
+
+
+def latest_status(spark: SparkSession, conf: Config, dates: list[dt.date]) -> dict[tuple[dt.date, str], str]:
+    """Latest status per (date, stage) among ``dates``, across all run ids."""
+    if not lakehouse.table_exists(spark, conf, PIPELINE_RUNS):
+        return {}
+    rows = (
+        lakehouse.read_table(spark, conf, PIPELINE_RUNS)
+        .where(F.col("ds").isin(dates))
+        .select("ds", "stage", "status", "started_at")
+        .collect()
+    )
+    latest: dict[tuple[dt.date, str], tuple] = {}
+    for r in rows:
+        key = (r["ds"], r["stage"])
+        if key not in latest or r["started_at"] >= latest[key][0]:
+            latest[key] = (r["started_at"], r["status"])
+    return {k: v[1] for k, v in latest.items()}
+
+
+def attempt(spark: SparkSession, conf: Config, run_id: str, ds: dt.date, stage: str,
+            work: Callable[[], StageResult]) -> StageRecord:
+    """Run ``work`` as one recorded attempt. Its exception is recorded and returned on the record, not raised:
+    the caller decides whether a failed stage stops a run (nightly) or the process (a standalone launch)."""
+    lakehouse.ensure_table(spark, conf, PIPELINE_RUNS)
+    started = _now()
+    record(spark, conf, run_id, ds, stage, RUNNING, started, None, StageResult())
+    t0 = time.perf_counter()
+    try:
+        result = work()
+    except Exception as e:
+        seconds = time.perf_counter() - t0
+        failed = StageResult(detail=f"{type(e).__name__}: {e}")
+        record(spark, conf, run_id, ds, stage, FAILED, started, seconds, failed)
+        return StageRecord(ds, stage, FAILED, seconds, failed, error=e)
+    seconds = time.perf_counter() - t0
+    record(spark, conf, run_id, ds, stage, SUCCEEDED, started, seconds, result)
+    return StageRecord(ds, stage, SUCCEEDED, seconds, result)
+
+
+def run_recorded(spark: SparkSession, conf: Config, ds: dt.date, stage: str, work: Callable[[], StageResult],
+                 run_id: str | None = None) -> StageResult:
+    """A standalone launch of one stage: recorded under ``run_id`` (a new one by default); a failure is recorded,
+    then re-raised."""
+    rec = attempt(spark, conf, run_id or new_run_id(), ds, stage, work)
+    if rec.error is not None:
+        raise rec.error
+    return rec.result
