@@ -3,7 +3,8 @@
 Every stage is idempotent on its own (see each job); this job adds the bookkeeping around them:
 
 - ``pipeline_runs`` gets a row per stage attempt (status, rows in/out, seconds, current model version), written
-  when the stage starts and again when it ends, so a killed run leaves a ``running`` row behind.
+  when the stage starts and again when it ends, so a killed run leaves a ``running`` row behind. The bookkeeping is
+  :mod:`driftrec.stage_runs` and each stage's own ``run_stage``: a stage launched on its own records the same row.
 - A rerun of a date skips the stages that already succeeded for it and resumes at the first one that did not;
   every stage after it runs again, since it reads what the resumed stage writes. ``force`` reruns all of them.
 - One run per lakehouse at a time: a lock file under ``<root>/_pipeline`` is created atomically (``O_EXCL``); a

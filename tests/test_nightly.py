@@ -366,7 +366,21 @@ def _add_late_event(spark, conf: Config, day: dt.date) -> None:
     lakehouse.append(spark, conf, EVENTS, events_frame(spark, late))
 
 
-def test_late_events_inside_the_window_end_as_if_they_had_come_on_time(spark, world, tmp_path):
+@pytest.fixture(scope="module")
+def ontime(spark, world, tmp_path_factory) -> Config:
+    """The late-event scenario's reference: the same extra event for D0, stored before D0 was processed at all,
+    then the nights D0 and D1 migrated."""
+    from jobs.migrate import MigrationJob
+
+    conf = _conf(tmp_path_factory.mktemp("ontime") / "lh", 'pipeline.stages=["migrate"]')
+    shutil.copytree(world.snapshots["migrate"], conf.lakehouse.root, ignore=COPY_IGNORE)
+    _add_late_event(spark, conf, D0)
+    MigrationJob(spark, conf).run(D0)
+    MigrationJob(spark, conf).run(D1)
+    return conf
+
+
+def test_late_events_inside_the_window_end_as_if_they_had_come_on_time(spark, world, ontime, tmp_path):
     migrate_only = 'pipeline.stages=["migrate"]'
     # Late: D0 processed, then an event for D0 arrives; the next night (D1) finds it and recomputes D0 first.
     late = _conf(tmp_path / "late", migrate_only)
@@ -375,13 +389,6 @@ def test_late_events_inside_the_window_end_as_if_they_had_come_on_time(spark, wo
     (rec,) = NightlyJob(spark, late).run(D1).records
     assert rec.status == SUCCEEDED and rec.result.detail.startswith("2 night(s); recomputed " + str(D0)), rec
     # On time: the same event stored before D0 was processed at all.
-    ontime = _conf(tmp_path / "ontime", migrate_only)
-    shutil.copytree(world.snapshots["migrate"], ontime.lakehouse.root, ignore=COPY_IGNORE)
-    _add_late_event(spark, ontime, D0)
-    from jobs.migrate import MigrationJob
-
-    MigrationJob(spark, ontime).run(D0)
-    MigrationJob(spark, ontime).run(D1)
     for s in _migration_specs():
         _assert_same(_frame(spark, late, s), _frame(spark, ontime, s), s.logical)
     counted = lakehouse.read_table(spark, late, DRIFT_PARAMS).where(F.col("ds") == F.lit(D0)).first()["n_events"]
@@ -400,3 +407,68 @@ def test_late_events_are_found_only_inside_the_window(spark, world, tmp_path):
     assert job.changed_nights(START, D1) == {D0: (n, n + 1)}
     assert job.changed_nights(D1, D1) == {}  # outside a window that starts after it: kept, not replayed
     assert lakehouse.read_table(spark, conf, EVENTS).where(F.col("event_date") == F.lit(D0)).count() == n + 1
+
+
+# ---- a stage launched on its own (a scheduler, `driftrec <stage>`) behaves and records itself the same ---------
+def _flags(conf: Config) -> list[str]:
+    """The command-line flags that give a standalone launch ``conf`` (same lakehouse, database, overrides)."""
+    flags = ["--lakehouse", str(conf.lakehouse.root), "--set", f'lakehouse.database="{conf.lakehouse.database}"',
+             "--set", "spark.shuffle_partitions=2"]
+    for o in OVERRIDES:
+        flags += ["--set", o]
+    return flags
+
+
+def _row(spark, conf: Config, ds: dt.date, stage: str) -> pd.Series:
+    runs = _runs(spark, conf)
+    rows = runs[(runs["ds"] == ds) & (runs["stage"] == stage)]
+    assert len(rows) == 1, rows
+    return rows.iloc[0]
+
+
+def test_driftrec_migrate_records_the_row_the_nightly_records(spark, world, tmp_path):
+    from jobs.cli import main
+
+    conf = _conf(tmp_path / "lh")
+    shutil.copytree(world.snapshots["migrate"], conf.lakehouse.root, ignore=COPY_IGNORE)
+    assert main(["migrate", "--date", D0.isoformat(), "--run-id", "scheduler-run-7", *_flags(conf)]) == 0
+
+    got, nightly = _row(spark, conf, D0, "migrate"), _row(spark, world.main, D0, "migrate")
+    assert got["run_id"] == "scheduler-run-7" and got["status"] == SUCCEEDED
+    n_events = lakehouse.read_table(spark, conf, EVENTS).where(F.col("event_date") == F.lit(D0)).count()
+    assert got["rows_in"] == nightly["rows_in"] == n_events > 0
+    assert got["rows_out"] == nightly["rows_out"] > 0
+    assert got["detail"] == nightly["detail"] and got["detail"].startswith(f"1 night(s); migrate {D0}: ")
+    assert got["seconds"] > 0 and pd.notna(got["finished_at"]) and pd.isna(got["model_version"])
+    for s in _migration_specs():
+        _assert_same(_frame(spark, conf, s), _frame(spark, world.main, s), s.logical)
+    # A nightly run of the same date sees the stage done and resumes after it.
+    assert NightlyJob(spark, conf).plan([D0]) == [(D0, ORDER[1:])]
+
+
+def test_the_standalone_migrate_job_replays_late_events_inside_the_window(spark, world, ontime, tmp_path):
+    from jobs import migrate
+
+    late = _conf(tmp_path / "late")
+    shutil.copytree(world.main.lakehouse.root, late.lakehouse.root, ignore=COPY_IGNORE)
+    _add_late_event(spark, late, D0)
+    assert migrate.entrypoint(["--date", D1.isoformat(), *_flags(late)]) == 0  # what the Airflow task runs
+
+    for s in _migration_specs():
+        _assert_same(_frame(spark, late, s), _frame(spark, ontime, s), s.logical)
+    row = _row(spark, late, D1, "migrate")
+    assert row["status"] == SUCCEEDED and row["run_id"] not in world.run_ids
+    assert row["detail"].startswith(f"2 night(s); recomputed {D0} ")
+    both = lakehouse.read_table(spark, late, EVENTS).where(F.col("event_date").isin(D0, D1)).count()
+    assert row["rows_in"] == both  # both nights' events, the late one included
+
+
+def test_a_standalone_stage_that_fails_records_the_failure_and_raises(spark, tmp_path):
+    from jobs import embed_items
+
+    conf = _conf(tmp_path / "empty")
+    with pytest.raises(RuntimeError, match="no items table"):
+        embed_items.entrypoint(["--date", D0.isoformat(), *_flags(conf)])
+    row = _row(spark, conf, D0, "embed_items")
+    assert row["status"] == FAILED and row["detail"] == "RuntimeError: no items table: run the ingest job first"
+    assert row["run_id"] and pd.notna(row["finished_at"])
