@@ -122,3 +122,22 @@ def test_the_driftrec_command_is_an_entry_point_not_library_code():
         if re.search(r"driftrec[./]cli\b", line)
     ]
     assert not stale, stale
+
+
+@pytest.mark.parametrize("command, job", [("migrate", "migrate"), ("embed-items", "embed_items"),
+                                          ("train", "train"), ("topk", "topk")])
+def test_the_stage_subcommands_take_the_flags_of_the_stage_entry_points(command, job):
+    """`driftrec <stage>` and `jobs/<stage>.py` are the same launch (same flags, same pipeline_runs row)."""
+    import argparse
+    import importlib
+
+    from driftrec.jobargs import base_parser
+    from jobs.cli import build_parser
+
+    def options(parser: argparse.ArgumentParser) -> set[str]:
+        return {o for a in parser._actions for o in a.option_strings if o not in ("-h", "--help")}
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
+    own = base_parser(job)
+    importlib.import_module(f"jobs.{job}").add_arguments(own)
+    assert options(sub) == options(own) and {"--date", "--run-id"} <= options(own)
