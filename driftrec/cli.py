@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 from driftrec.config import ConfigError
 from driftrec.jobargs import add_config_flags, config_from_args, parse_date
@@ -147,6 +146,7 @@ def cmd_forget_user(args) -> int:
 
 def cmd_demo(args) -> int:
     """Run the nightly pipeline end to end on demo data: bundled generator, or a MovieLens directory."""
+    from driftrec.lakehouse import Lakehouse
     from jobs.ingest import IngestJob
 
     conf = config_from_args(args)
@@ -159,7 +159,8 @@ def cmd_demo(args) -> int:
     else:
         from driftrec.synthetic import write_dataset
 
-        demo_dir = Path(conf.lakehouse.root).resolve() / "_demo_source"
+        lake = Lakehouse.of(conf)
+        demo_dir = lake.local_path(lake.demo_source_dir(), operation="the demo's generated source files")
         write_dataset(conf.synthetic, demo_dir)
         print(f"generated demo data in {demo_dir}")
         sources = job.plan(events=[str(demo_dir / "events")], items=[str(demo_dir / "items.parquet")], fmt="parquet")
@@ -175,7 +176,7 @@ def cmd_demo(args) -> int:
         return 1
 
     _banner("done")
-    root = Path(conf.lakehouse.root).resolve()
+    root = Lakehouse.of(conf).root
     print(f"lakehouse: {root}  ({time.time() - started:.0f}s)")
     for logical in ("events", "items", "quarantine", "user_interest", "user_drift", "item_transitions",
                     "item_text_embeddings", "model_registry", "recommendations", "pipeline_runs"):
