@@ -298,8 +298,10 @@ class Config(_Section):
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
 
     def table_path(self, logical: str) -> str:
-        """Filesystem location of a table, by its logical name (e.g. ``"events"``)."""
-        return str(Path(self.lakehouse.root).resolve() / getattr(self.tables, logical))
+        """Location of a table, by its logical name (e.g. ``"events"``): a plain path or a URI, like the root."""
+        from driftrec.lakehouse import Lakehouse  # lakehouse imports this module
+
+        return Lakehouse.of(self).table_path(logical)
 
     def table_name(self, logical: str) -> str:
         """Catalog name of a table, e.g. ``driftrec.events``."""

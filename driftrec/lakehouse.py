@@ -1,13 +1,19 @@
-"""Delta I/O: create and register tables, MERGE keyed state, replace one partition.
+"""Delta I/O: create and register tables, MERGE keyed state, replace one partition; :class:`Lakehouse` owns the root.
 
 Everything that touches storage goes through here so the transforms elsewhere stay pure DataFrame functions.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
+import re
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 from delta.tables import DeltaTable
 from pyspark.sql import Column, DataFrame, SparkSession
@@ -15,6 +21,203 @@ from pyspark.sql import functions as F
 
 from driftrec.config import Config
 from driftrec.tables import ALL_TABLES, TableSpec, conform
+
+
+# ---- the root and every path under it --------------------------------------------------------------------------
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
+# Hadoop scheme -> the scheme pyarrow (and Ray, which uses pyarrow) knows the same store by.
+_PYARROW_SCHEMES = {"s3a": "s3", "s3n": "s3", "abfss": "abfs", "gcs": "gs"}
+
+
+def _scheme(uri: str) -> str | None:
+    """The URI scheme of ``uri`` (lower case), ``None`` for a plain local path (``C:\\x`` included)."""
+    m = _SCHEME.match(uri)
+    if m is None or (len(m.group(1)) == 1 and not uri.startswith(m.group(0) + "//")):
+        return None
+    return m.group(1).lower()
+
+
+def normalize_root(root: str) -> str:
+    """A root as every path is built from: URIs kept as they are, plain local paths made absolute.
+
+    ``file:/x`` (Hadoop's spelling) becomes ``file:///x``. Only a plain local path goes through pathlib: a URI never
+    does, since ``Path("s3a://b/p")`` collapses it to ``s3a:/b/p`` (and ``resolve()`` glues the cwd in front).
+    """
+    root = str(root).strip()
+    if not root:
+        raise ValueError("lakehouse.root is empty")
+    scheme = _scheme(root)
+    if scheme is None:
+        return str(Path(root).expanduser().resolve())
+    if scheme == "file":
+        return "file://" + _file_path(root)
+    rest = root[len(scheme) + 1:]
+    if not rest.startswith("//") or len(rest) <= 2:
+        raise ValueError(f"lakehouse.root {root!r}: expected {scheme}://<authority>/<prefix>")
+    return root.rstrip("/") if len(root.rstrip("/")) > len(scheme) + 3 else root
+
+
+def _file_path(uri: str) -> str:
+    """The local path of a ``file:`` URI (``file:/x``, ``file:///x``, ``file://localhost/x``)."""
+    parsed = urlparse(uri)
+    if parsed.netloc not in ("", "localhost"):
+        raise ValueError(f"{uri!r}: a file URI with host {parsed.netloc!r} is not a local path")
+    path = unquote(parsed.path) or "/"
+    return path.rstrip("/") or "/"
+
+
+def same_location(a: str, b: str) -> bool:
+    """Whether two locations are the same place: ``file:/x``, ``file:///x`` and ``/x`` are."""
+    def canon(loc: str) -> str:
+        scheme = _scheme(loc)
+        if scheme is None:
+            return os.path.normpath(os.path.abspath(loc))
+        if scheme == "file":
+            return os.path.normpath(_file_path(loc))
+        return loc.rstrip("/")
+    return canon(a) == canon(b)
+
+
+def join(base: str, *parts: str) -> str:
+    """``base/part/...`` by string: URI authorities and ``//`` stay intact, parts may not escape with ``..``."""
+    out = base.rstrip("/") if base.rstrip("/") and not base.endswith("://") else base
+    for part in parts:
+        for piece in str(part).split("/"):
+            if piece in ("", "."):
+                continue
+            if piece == "..":
+                raise ValueError(f"path part {part!r} may not contain '..'")
+            out = out + ("" if out.endswith("/") else "/") + piece
+    return out
+
+
+class Lakehouse:
+    """The lakehouse root and every location the code uses under it: tables and side folders.
+
+    A root is a plain local path (made absolute) or a URI: ``file:///abs``, ``s3a://bucket/prefix``,
+    ``abfss://container@account.dfs.core.windows.net/prefix``, ``gs://bucket/prefix``, ``hdfs://nn:8020/prefix``.
+    Spark and Delta take every path as given. Code that writes side files with local-only APIs asks
+    :meth:`local_path`, which is the local folder for local roots and a clear error for remote ones, or goes through
+    :meth:`filesystem` (pyarrow), which works on both.
+    """
+
+    def __init__(self, root: str, tables=None):
+        self.root = normalize_root(root)
+        self._tables = tables
+
+    @classmethod
+    def of(cls, conf: Config) -> Lakehouse:
+        return cls(conf.lakehouse.root, conf.tables)
+
+    @property
+    def scheme(self) -> str | None:
+        """``None`` for a plain local root, else the URI scheme (``file``, ``s3a``, ...)."""
+        return _scheme(self.root)
+
+    @property
+    def is_local(self) -> bool:
+        return self.scheme in (None, "file")
+
+    def path(self, *parts: str) -> str:
+        """A location under the root, in the root's own spelling (plain path or URI)."""
+        return join(self.root, *parts)
+
+    # -- tables
+    def table_path(self, logical: str) -> str:
+        """Location of a table by its logical name (``"events"``); the physical name comes from ``tables``."""
+        if self._tables is None:
+            raise ValueError("this Lakehouse was built without a tables config; use Lakehouse.of(conf)")
+        return self.path(getattr(self._tables, logical))
+
+    # -- side folders
+    def models_dir(self, model_name: str) -> str:
+        return self.path("models", model_name)
+
+    def model_version_dir(self, model_name: str, version: int) -> str:
+        """Where a trained model version is published (the registry's ``checkpoint`` column)."""
+        return self.path("models", model_name, f"v{version:05d}")
+
+    def topic_model_dir(self, safe_name: str) -> str:
+        return self.path("models", "topics", safe_name)
+
+    def pipeline_dir(self) -> str:
+        return self.path("_pipeline")
+
+    def run_lock_path(self) -> str:
+        """The run lock's Delta table (see :mod:`driftrec.runlock`)."""
+        return self.path("_pipeline", "run_lock")
+
+    def evaluation_dir(self) -> str:
+        return self.path("_evaluation")
+
+    def ray_results_dir(self) -> str:
+        """Ray Train's storage_path default: a plain path for local roots, else the URI as pyarrow/Ray spell it."""
+        location = self.path("_ray_results")
+        return str(self.local_path(location)) if self.is_local else self.pyarrow_uri(location)
+
+    def demo_source_dir(self) -> str:
+        return self.path("_demo_source")
+
+    def metastore_dir(self) -> Path:
+        """The local Derby metastore/warehouse folder for ``local=True`` sessions.
+
+        Derby needs a local directory: for a local root it lives under the root; for a remote root it goes under the
+        system temp dir, keyed by a hash of the root, so two lakehouses never share one and a rerun finds its own.
+        """
+        if self.is_local:
+            return self.local_path()
+        key = hashlib.sha256(self.root.encode()).hexdigest()[:16]
+        return Path(tempfile.gettempdir()) / f"driftrec-metastore-{key}"
+
+    # -- local and pyarrow access to side files
+    def local_path(self, location: str | None = None, *, operation: str = "this operation") -> Path:
+        """The local filesystem path of ``location`` (default: the root); a clear error for a remote location."""
+        loc = self.root if location is None else location
+        scheme = _scheme(loc)
+        if scheme is None:
+            return Path(loc)
+        if scheme == "file":
+            return Path(_file_path(loc))
+        raise NotImplementedError(
+            f"{operation} needs a local filesystem path, but {loc} is on {scheme}://; "
+            "use a local or file:// lakehouse root for it"
+        )
+
+    @staticmethod
+    def pyarrow_uri(location: str) -> str:
+        """``location`` with the Hadoop scheme replaced by the one pyarrow knows (``s3a://`` -> ``s3://``)."""
+        scheme = _scheme(location)
+        if scheme in _PYARROW_SCHEMES:
+            return _PYARROW_SCHEMES[scheme] + location[len(scheme):]
+        return location
+
+    def filesystem(self, location: str):
+        """``(pyarrow FileSystem, path inside it)`` for a location under any supported root."""
+        from pyarrow import fs
+
+        if _scheme(location) is None:
+            return fs.LocalFileSystem(), str(Path(location).absolute())
+        uri = self.pyarrow_uri(location)
+        try:
+            return fs.FileSystem.from_uri(uri)
+        except Exception as e:  # pyarrow raises ArrowInvalid/ArrowNotImplementedError/ValueError by build
+            raise NotImplementedError(f"no pyarrow filesystem for {location} ({uri}): {e}") from e
+
+    def upload_dir(self, local_dir: str | Path, location: str) -> None:
+        """Copy a local folder's files to ``location`` (any root pyarrow reaches), e.g. a model published remotely."""
+        from pyarrow import fs
+
+        filesystem, path = self.filesystem(location)
+        filesystem.create_dir(path, recursive=True)
+        fs.copy_files(str(Path(local_dir).absolute()), path, source_filesystem=fs.LocalFileSystem(),
+                      destination_filesystem=filesystem)
+
+    def exists(self, location: str) -> bool:
+        """Whether a file or folder exists at ``location`` (local, file:// or any store pyarrow reaches)."""
+        from pyarrow import fs
+
+        filesystem, path = self.filesystem(location)
+        return filesystem.get_file_info(path).type != fs.FileType.NotFound
 
 
 @dataclass(frozen=True)
@@ -35,7 +238,7 @@ def _check_registered_location(spark: SparkSession, conf: Config, spec: TableSpe
         return
     location = spark.sql(f"DESCRIBE DETAIL {name}").first()["location"]
     expected = conf.table_path(spec.logical)
-    if location.removeprefix("file:").rstrip("/") != expected.rstrip("/"):
+    if not same_location(location, expected):
         raise RuntimeError(
             f"catalog table {name} points at {location}, not at this lakehouse's {expected}; "
             "use another lakehouse.database or drop the old registration"

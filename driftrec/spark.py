@@ -7,11 +7,10 @@ and fetches the Delta jars through ``configure_spark_with_delta_pip``.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from pyspark.sql import SparkSession
 
 from driftrec.config import Config
+from driftrec.lakehouse import Lakehouse
 
 DELTA_CONF = {
     "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
@@ -29,7 +28,9 @@ def build_spark(conf: Config, *, app_name: str = "driftrec", local: bool = False
         "spark.sql.shuffle.partitions": str(conf.spark.shuffle_partitions),
     }
     if local:
-        root = Path(conf.lakehouse.root).resolve()
+        # Derby and the session warehouse need a local folder: the root itself when it is local, else a folder under
+        # the system temp dir keyed by the root (see Lakehouse.metastore_dir). Tables always live at their root paths.
+        root = Lakehouse.of(conf).metastore_dir()
         settings.update(
             {
                 "spark.driver.memory": conf.spark.driver_memory,

@@ -432,3 +432,24 @@ PIPELINE_RUNS = TableSpec(
 )
 
 ALL_TABLES += (PIPELINE_RUNS,)
+
+
+# ---- the run lock (driftrec.runlock) ---------------------------------------------------------------------------
+# Not in ALL_TABLES: it lives at <root>/_pipeline/run_lock, is never registered in the catalog, and holds no data,
+# only who runs on this lakehouse right now (acquiring it is one Delta commit).
+RUN_LOCK = TableSpec(
+    logical="run_lock",
+    schema=T.StructType(
+        [
+            _f("lock_name", T.StringType(), False, "one row per lock; `pipeline` guards nightly and forget-user"),
+            _f("token", T.StringType(), False, "random id of this acquisition: the holder is whoever's token it is"),
+            _f("run_id", T.StringType(), False),
+            _f("host", T.StringType(), False),
+            _f("pid", T.LongType(), False),
+            _f("pid_started", T.LongType(), comment="the pid's start time (clock ticks since boot): pid reuse guard"),
+            _f("acquired_at", T.TimestampType(), False, "UTC"),
+        ]
+    ),
+    key=("lock_name",),
+    comment="The lakehouse run lock: at most one row per lock_name, its holder.",
+)

@@ -7,12 +7,11 @@ these topics for items without categories.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from driftrec.config import Config
+from driftrec.lakehouse import Lakehouse
 
 
 def topic_model_name(conf: Config) -> str:
@@ -21,7 +20,7 @@ def topic_model_name(conf: Config) -> str:
 
 def topic_model_path(conf: Config) -> str:
     safe = topic_model_name(conf).replace("/", "__")
-    return str(Path(conf.lakehouse.root).resolve() / "models" / "topics" / safe)
+    return Lakehouse.of(conf).topic_model_dir(safe)
 
 
 def _vectors(embeddings: DataFrame) -> DataFrame:
@@ -35,7 +34,7 @@ def fit_or_load(embeddings: DataFrame, conf: Config):
     from pyspark.ml.clustering import KMeans, KMeansModel
 
     path = topic_model_path(conf)
-    if Path(path).exists():
+    if Lakehouse.of(conf).exists(path):
         return KMeansModel.load(path)
     model = KMeans(k=conf.embeddings.topics_k, seed=conf.embeddings.topics_seed, featuresCol="features").fit(
         _vectors(embeddings).orderBy("item_id")

@@ -13,11 +13,11 @@ import argparse
 import datetime as dt
 import sys
 import time
-from pathlib import Path
 
 from pyspark.sql import functions as F
 
 from driftrec import lakehouse
+from driftrec.lakehouse import Lakehouse
 from driftrec.config import ConfigError
 from driftrec.jobargs import add_config_flags, add_run_id, config_from_args, parse_date
 from driftrec.spark import build_spark
@@ -138,7 +138,8 @@ def cmd_demo(args) -> int:
     if args.movielens:
         sources = job.plan(movielens=args.movielens)
     else:
-        demo_dir = Path(conf.lakehouse.root).resolve() / "_demo_source"
+        lake = Lakehouse.of(conf)
+        demo_dir = lake.local_path(lake.demo_source_dir(), operation="the demo's generated source files")
         write_dataset(conf.synthetic, demo_dir)
         print(f"generated demo data in {demo_dir}")
         sources = job.plan(events=[str(demo_dir / "events")], items=[str(demo_dir / "items.parquet")], fmt="parquet")
@@ -152,7 +153,7 @@ def cmd_demo(args) -> int:
         return 1
 
     _banner("done")
-    root = Path(conf.lakehouse.root).resolve()
+    root = Lakehouse.of(conf).root
     print(f"lakehouse: {root}  ({time.time() - started:.0f}s)")
     for logical in ("events", "items", "quarantine", "user_interest", "user_drift", "item_transitions",
                     "item_text_embeddings", "model_registry", "recommendations", "pipeline_runs"):

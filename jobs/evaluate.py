@@ -95,7 +95,10 @@ class EvaluationJob:
         self.spark, self.conf, self.dataset = spark, conf, dataset
         self.ev = conf.evaluation
         self.run_id = run_id or f"{dataset}-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
-        self.work = Path(self.ev.work_dir or Path(conf.lakehouse.root) / "_evaluation").resolve()
+        # Scratch lakehouses are cleared with shutil.rmtree and the report is written with open(): a local folder.
+        work = self.ev.work_dir or lakehouse.Lakehouse.of(conf).evaluation_dir()
+        self.work = lakehouse.Lakehouse(work).local_path(
+            operation="evaluation's scratch lakehouses (set evaluation.work_dir to a local folder)")
 
     # ---- splits ------------------------------------------------------------------------------------------------
     def split(self, protocol: str, events: DataFrame) -> tuple[protocols.Split, dt.date]:

@@ -53,6 +53,7 @@ from driftrec import lakehouse, tables
 from driftrec.config import Config
 from driftrec.jobargs import base_parser, config_from_args
 from driftrec.spark import build_spark
+from driftrec.runlock import RunLock
 from driftrec.tables import QUARANTINE, TableSpec
 
 log = logging.getLogger("driftrec.forget_user")
@@ -165,14 +166,11 @@ class ForgetUserJob:
 
     def run(self, user_ids: list[int], vacuum: bool = True, retention_hours: float | None = None) -> ForgetReport:
         """Delete, then VACUUM; holds the nightly run lock so it never races a nightly stage's writes."""
-        from jobs.nightly import RunLock
-
         ids = self.stored_ids(check_user_ids(user_ids))
         hours = self._retention(retention_hours) if vacuum else None
         report = ForgetReport(users=len(ids), retention_hours=hours)
         specs = self.targets()
-        root = Path(self.conf.lakehouse.root).resolve()
-        with RunLock(root, f"forget-user-{uuid.uuid4().hex[:6]}", self.conf.pipeline.lock_stale_hours):
+        with RunLock(self.spark, self.conf, f"forget-user-{uuid.uuid4().hex[:6]}"):
             self._delete(specs, ids, report)
             if hours is not None:
                 self._vacuum([s for s, t in zip(specs, report.tables) if t.rows_deleted], hours, report)

@@ -7,24 +7,19 @@ Every stage is idempotent on its own (see each job); this job adds the bookkeepi
   :mod:`driftrec.stage_runs` and each stage's own ``run_stage``: a stage launched on its own records the same row.
 - A rerun of a date skips the stages that already succeeded for it and resumes at the first one that did not;
   every stage after it runs again, since it reads what the resumed stage writes. ``force`` reruns all of them.
-- One run per lakehouse at a time: a lock file under ``<root>/_pipeline`` is created atomically (``O_EXCL``); a
-  second run refuses, naming the owner. A lock whose owner process is gone (same host) or that is older than
-  ``pipeline.lock_stale_hours`` is stale and taken over. On object stores, the scheduler's one-active-run setting
-  (``max_active_runs=1`` in ``infra/airflow``) is the guard instead.
+- One run per lakehouse at a time: :class:`driftrec.runlock.RunLock` (a one-commit Delta lock, atomic on every
+  store Delta supports); a second run refuses, naming the owner. A lock whose owner process is gone (same host) or
+  that is older than ``pipeline.lock_stale_hours`` is stale and taken over.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
-import os
-import socket
 import sys
 import time
 import traceback
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from pyspark.sql import SparkSession
 
@@ -33,14 +28,11 @@ from driftrec.config import Config
 from driftrec.jobargs import base_parser, config_from_args, parse_date
 from driftrec.spark import build_spark
 from driftrec.stage_runs import FAILED, RUNNING, SUCCEEDED, StageRecord, StageResult  # noqa: F401 (re-exported)
+from driftrec.runlock import PipelineLocked, RunLock
 from driftrec.tables import PIPELINE_RUNS
 from jobs import embed_items, migrate
 
 log = logging.getLogger("driftrec.nightly")
-
-
-class PipelineLocked(RuntimeError):
-    """Another nightly run holds this lakehouse."""
 
 
 @dataclass
@@ -86,63 +78,6 @@ def _topk(spark: SparkSession, conf: Config, ds: dt.date) -> StageResult:
 STAGES = {"migrate": migrate.run_stage, "embed_items": embed_items.run_stage, "train": _train, "topk": _topk}
 
 
-# ---- the lock -------------------------------------------------------------------------------------------------
-class RunLock:
-    """An exclusive lock file for one lakehouse; ``with RunLock(...)`` acquires or raises :class:`PipelineLocked`."""
-
-    def __init__(self, root: Path, run_id: str, stale_hours: float):
-        self.path = root / "_pipeline" / "nightly.lock"
-        self.run_id = run_id
-        self.stale_s = stale_hours * 3600
-
-    def _owner(self) -> dict | None:
-        try:
-            return json.loads(self.path.read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
-            return None
-
-    def _stale(self, owner: dict) -> bool:
-        if time.time() - float(owner.get("since", 0)) > self.stale_s:
-            return True
-        if owner.get("host") == socket.gethostname():
-            try:
-                os.kill(int(owner["pid"]), 0)
-            except ProcessLookupError:
-                return True
-            except (PermissionError, KeyError, ValueError):
-                return False
-        return False
-
-    def __enter__(self) -> RunLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        me = {"run_id": self.run_id, "pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                owner = self._owner()
-                if owner is not None and not self._stale(owner):
-                    started = dt.datetime.fromtimestamp(float(owner["since"]), dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
-                    raise PipelineLocked(
-                        f"another nightly run is active on this lakehouse: run {owner.get('run_id')} (pid "
-                        f"{owner.get('pid')} on {owner.get('host')}, since {started} UTC). Refusing to run "
-                        f"concurrently; if that run is dead, delete {self.path}"
-                    ) from None
-                log.warning("breaking a stale nightly lock %s (owner %s)", self.path, owner)
-                if self._owner() == owner:
-                    self.path.unlink(missing_ok=True)
-                continue
-            with os.fdopen(fd, "w") as f:
-                json.dump(me, f)
-            return self
-        raise PipelineLocked(f"could not take the nightly lock {self.path}: another run took it first")
-
-    def __exit__(self, *exc) -> None:
-        owner = self._owner()
-        if owner is not None and owner.get("run_id") == self.run_id:
-            self.path.unlink(missing_ok=True)
-
-
 # ---- the job --------------------------------------------------------------------------------------------------
 class NightlyJob:
     def __init__(self, spark: SparkSession, conf: Config, *, out=None):
@@ -181,8 +116,7 @@ class NightlyJob:
             raise ValueError(f"empty date range: {start} > {end}")
         dates = [start + dt.timedelta(days=i) for i in range((end - start).days + 1)]
         report = NightlyReport(self.run_id)
-        root = Path(self.conf.lakehouse.root).resolve()
-        with RunLock(root, self.run_id, self.conf.pipeline.lock_stale_hours):
+        with RunLock(self.spark, self.conf, self.run_id):
             lakehouse.ensure_table(self.spark, self.conf, PIPELINE_RUNS)
             plan = self.plan(dates, force)
             for ds, todo in plan:

@@ -18,8 +18,8 @@ import datetime as dt
 import json
 import logging
 import sys
+import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -208,21 +208,27 @@ class TrainJob:
             # Read before the workers take their CPUs: on a small node Ray Data would otherwise get none and the
             # streaming split would wait forever.
             train_ds = train_ds.materialize()
-        root = Path(conf.lakehouse.root).resolve()
+        lake = lakehouse.Lakehouse.of(conf)
         fit = sasrec_trainer.fit(
             train_ds, space, params, t,
-            storage_path=t.storage_path or str(root / "_ray_results"),
+            storage_path=t.storage_path or lake.ray_results_dir(),
             run_name=f"{t.model_name}-{ds.isoformat()}-v{version:05d}",
             init_state=init_model.state_dict() if init_model is not None else None,
             window_start=window_start,
             epochs=t.warm_epochs if init_model is not None else t.epochs,
             meta={"version": version, "trained_through": ds.isoformat(), "text_model": conf.embeddings.model},
         )
-        published = root / "models" / t.model_name / f"v{version:05d}"
-        fit.checkpoint.to_directory(str(published))
+        published = lake.model_version_dir(t.model_name, version)
+        if lake.is_local:
+            fit.checkpoint.to_directory(str(lake.local_path(published)))
+            candidate, cand_space, _ = load_checkpoint(published)
+        else:  # object store: materialise locally, evaluate from there, upload the same files
+            with tempfile.TemporaryDirectory(prefix="driftrec-model-") as tmp:
+                fit.checkpoint.to_directory(tmp)
+                candidate, cand_space, _ = load_checkpoint(tmp)
+                lake.upload_dir(tmp, published)
 
         valid = self._valid(ds)
-        candidate, cand_space, _ = load_checkpoint(published)
         ranks = evaluate(candidate, cand_space, valid)
         pop = training_popularity(events, t.min_valid_events).toPandas()
         pop_ranks = popularity_ranks(pop, cand_space, valid)

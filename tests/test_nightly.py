@@ -141,14 +141,17 @@ def test_rerunning_a_finished_night_changes_nothing(spark, world):
 
 # ---- the lock -------------------------------------------------------------------------------------------------
 def test_a_second_run_on_the_same_lakehouse_is_refused_until_the_first_ends(spark, world):
-    root = Path(world.main.lakehouse.root)
-    holder = subprocess.Popen(
+    root = world.main.lakehouse.root
+    holder = subprocess.Popen(  # another process, with its own Spark session, holding the lakehouse's run lock
         [sys.executable, "-c",
-         "import sys, time; from pathlib import Path; from jobs.nightly import RunLock\n"
-         f"with RunLock(Path({str(root)!r}), 'holder-run', 12):\n"
-         "    print('locked', flush=True); time.sleep(120)"],
+         "import time; from driftrec.config import load_config; from driftrec.spark import build_spark\n"
+         "from driftrec.runlock import RunLock\n"
+         f"conf = load_config(overrides=['lakehouse.root=\"{root}\"', 'spark.shuffle_partitions=2'])\n"
+         "with RunLock(build_spark(conf, app_name='holder', local=True), conf, 'holder-run'):\n"
+         "    print('locked', flush=True); time.sleep(300)"],
         cwd=REPO, stdout=subprocess.PIPE, text=True,
     )
+    probe = RunLock(spark, world.main, "probe")
     try:
         assert holder.stdout.readline().strip() == "locked"
         before = _versions(spark, world.main)
@@ -160,20 +163,20 @@ def test_a_second_run_on_the_same_lakehouse_is_refused_until_the_first_ends(spar
         holder.kill()
         holder.wait()
     # The holder died without releasing: its lock is stale (no such process) and the next run takes it over.
-    lock = root / "_pipeline" / "nightly.lock"
-    assert lock.exists()
+    assert probe.holder()["run_id"] == "holder-run"
     assert NightlyJob(spark, world.main).run(D0).records == []
-    assert not lock.exists()
+    assert probe.holder() is None
 
 
-def test_a_lock_is_exclusive_and_released(tmp_path):
-    with RunLock(tmp_path, "a", 12):
+def test_a_lock_is_exclusive_and_released(spark, tmp_path):
+    conf = make_conf(tmp_path)
+    with RunLock(spark, conf, "a"):
         with pytest.raises(PipelineLocked, match="run a"):
-            with RunLock(tmp_path, "b", 12):
+            with RunLock(spark, conf, "b"):
                 pass
-    with RunLock(tmp_path, "b", 12):  # released by the first
-        assert "\"b\"" in (tmp_path / "_pipeline" / "nightly.lock").read_text()
-    assert not (tmp_path / "_pipeline" / "nightly.lock").exists()
+    with RunLock(spark, conf, "b") as lock:  # released by the first
+        assert lock.holder()["run_id"] == "b" and lock.holder()["token"] == lock.token
+    assert RunLock(spark, conf, "c").holder() is None
 
 
 # ---- a bad model checkpoint -----------------------------------------------------------------------------------

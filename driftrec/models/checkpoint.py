@@ -7,6 +7,7 @@ give those rows their meaning are tensors or JSON too.
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -34,12 +35,42 @@ def save_checkpoint(directory: str | Path, model: SASRec, space: ItemSpace, extr
     return d
 
 
+def _download(location: str, into: Path) -> Path:
+    """Copy a remote checkpoint's files (an object-store URI) into a local folder with pyarrow."""
+    from pyarrow import fs
+
+    from driftrec.lakehouse import Lakehouse
+
+    filesystem, path = Lakehouse(location).filesystem(location)
+    for name in (META, WEIGHTS):
+        try:
+            fs.copy_files(f"{path}/{name}", str(into / name), source_filesystem=filesystem,
+                          destination_filesystem=fs.LocalFileSystem())
+        except (FileNotFoundError, OSError):
+            pass  # reported below as an incomplete checkpoint
+    return into
+
+
 def load_checkpoint(directory: str | Path) -> tuple[SASRec, ItemSpace, dict]:
-    """The model (eval mode, CPU), its item space and the JSON metadata; :class:`CheckpointError` if unusable."""
-    d = Path(directory)
+    """The model (eval mode, CPU), its item space and the JSON metadata; :class:`CheckpointError` if unusable.
+
+    ``directory`` is a local path, a ``file://`` URI, or an object-store URI (fetched to a temp folder first).
+    """
+    from driftrec.lakehouse import Lakehouse
+
+    location = str(directory)
+    lake = Lakehouse(location)
+    if lake.is_local:
+        return _load(lake.local_path())
+    with tempfile.TemporaryDirectory(prefix="driftrec-ckpt-") as tmp:
+        return _load(_download(location, Path(tmp)), shown=location)
+
+
+def _load(d: Path, shown: str | None = None) -> tuple[SASRec, ItemSpace, dict]:
+    shown = shown or str(d)
     for name in (META, WEIGHTS):
         if not (d / name).is_file():
-            raise CheckpointError(f"checkpoint {d} is incomplete: {name} is missing")
+            raise CheckpointError(f"checkpoint {shown} is incomplete: {name} is missing")
     try:
         meta = json.loads((d / META).read_text())
         state = torch.load(d / WEIGHTS, map_location="cpu", weights_only=True)
@@ -47,7 +78,7 @@ def load_checkpoint(directory: str | Path) -> tuple[SASRec, ItemSpace, dict]:
         model = SASRec(SASRecParams(**meta["params"]))
         model.load_state_dict(state)
     except Exception as e:  # truncated file, bad JSON, wrong tensors: all mean "cannot use this checkpoint"
-        raise CheckpointError(f"checkpoint {d} is unreadable: {type(e).__name__}: {e}") from e
+        raise CheckpointError(f"checkpoint {shown} is unreadable: {type(e).__name__}: {e}") from e
     model.eval()
     space = ItemSpace(
         item_ids=item_ids,

@@ -1,0 +1,178 @@
+"""Lakehouse roots as URIs: every table and side folder built by string, never through pathlib for a URI.
+
+The first half is pure Python (no Spark): path building for each scheme a root may have. The second half runs real
+jobs (ingest, MERGE, the nightly migrate stage) on a lakehouse whose root is a ``file://`` URI.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from driftrec import lakehouse
+from driftrec.config import SyntheticConfig
+from driftrec.lakehouse import Lakehouse, join, normalize_root, same_location
+from driftrec.tables import ALL_TABLES, EVENTS, ITEMS, PIPELINE_RUNS
+from tests.conftest import make_conf
+
+REMOTE = {
+    "s3a://bucket/lake": ("s3a://bucket/lake", "s3://bucket/lake"),
+    "s3a://bucket/lake/": ("s3a://bucket/lake", "s3://bucket/lake"),
+    "s3a://bucket": ("s3a://bucket", "s3://bucket"),
+    "abfss://container@account.dfs.core.windows.net/prefix":
+        ("abfss://container@account.dfs.core.windows.net/prefix", "abfs://container@account.dfs.core.windows.net/prefix"),
+    "gs://bucket/deep/prefix": ("gs://bucket/deep/prefix", "gs://bucket/deep/prefix"),
+    "hdfs://namenode:8020/prefix": ("hdfs://namenode:8020/prefix", "hdfs://namenode:8020/prefix"),
+}
+
+
+def _side_paths(lake: Lakehouse) -> dict[str, str]:
+    return {
+        "models": lake.models_dir("sasrec"),
+        "model_version": lake.model_version_dir("sasrec", 7),
+        "topics": lake.topic_model_dir("kmeans8__minilm"),
+        "pipeline": lake.pipeline_dir(),
+        "run_lock": lake.run_lock_path(),
+        "evaluation": lake.evaluation_dir(),
+        "demo": lake.demo_source_dir(),
+    }
+
+
+def _no_damage(path: str, root: str) -> None:
+    assert path.startswith(root + "/"), (path, root)
+    rest = path[len(root):]
+    assert "//" not in rest and ":" not in rest, path
+    assert os.getcwd() not in path, path
+
+
+@pytest.mark.parametrize("given", sorted(REMOTE))
+def test_remote_roots_keep_their_scheme_and_authority(given):
+    root, pyarrow_root = REMOTE[given]
+    conf = make_conf(given)  # type: ignore[arg-type]
+    lake = Lakehouse.of(conf)
+    assert lake.root == root and not lake.is_local
+    for spec in ALL_TABLES:
+        path = conf.table_path(spec.logical)
+        assert path == f"{root}/{getattr(conf.tables, spec.logical)}"
+        _no_damage(path, root)
+    sides = _side_paths(lake)
+    for path in sides.values():
+        _no_damage(path, root)
+    assert sides["model_version"] == f"{root}/models/sasrec/v00007"
+    assert sides["run_lock"] == f"{root}/_pipeline/run_lock"
+    assert lake.ray_results_dir() == f"{pyarrow_root}/_ray_results"
+    # Derby needs a local folder: one under the temp dir, keyed by the root, never a folder named after the scheme.
+    meta = lake.metastore_dir()
+    assert meta.is_absolute() and "s3a:" not in str(meta) and meta != Lakehouse("s3a://other/lake").metastore_dir()
+    assert meta == Lakehouse(given).metastore_dir()
+    with pytest.raises(NotImplementedError, match=r"the demo's files needs a local filesystem path.*://"):
+        lake.local_path(sides["demo"], operation="the demo's files")
+
+
+def test_the_old_bug_is_gone():
+    """``Path(root).resolve()`` made ``s3a://bucket/lake`` into ``<cwd>/s3a:/bucket/lake``."""
+    path = make_conf("s3a://bucket/lake").table_path("events")  # type: ignore[arg-type]
+    assert path == "s3a://bucket/lake/events"
+    assert "s3a:/bucket" not in path.replace("s3a://", "") and not path.startswith(os.getcwd())
+
+
+@pytest.mark.parametrize("spelling", ["file://{p}", "file://{p}/", "file:{p}", "file://localhost{p}"])
+def test_file_uris_stay_uris_and_map_to_the_local_folder(tmp_path, spelling):
+    given = spelling.format(p=tmp_path / "lake")
+    lake = Lakehouse(given)
+    assert lake.root == f"file://{tmp_path}/lake" and lake.is_local and lake.scheme == "file"
+    assert lake.local_path() == tmp_path / "lake"
+    assert lake.local_path(lake.model_version_dir("m", 1)) == tmp_path / "lake" / "models" / "m" / "v00001"
+    assert lake.ray_results_dir() == str(tmp_path / "lake" / "_ray_results")  # Ray gets a plain local path
+    assert lake.metastore_dir() == tmp_path / "lake"
+    assert make_conf(given).table_path("events") == f"file://{tmp_path}/lake/events"  # type: ignore[arg-type]
+
+
+def test_plain_local_roots_become_absolute_and_stay_plain(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    lake = Lakehouse("rel/lake")
+    assert lake.root == str(tmp_path / "rel" / "lake") and lake.scheme is None and lake.is_local
+    assert make_conf("rel/lake").table_path("items") == str(tmp_path / "rel" / "lake" / "items")  # type: ignore
+    assert Lakehouse(str(tmp_path) + "/").root == str(tmp_path)
+    assert lake.local_path(lake.pipeline_dir()) == tmp_path / "rel" / "lake" / "_pipeline"
+
+
+def test_join_and_bad_roots():
+    assert join("s3a://b", "a/b", "c") == "s3a://b/a/b/c"
+    assert join("/x", "y") == "/x/y"
+    with pytest.raises(ValueError, match=r"'\.\.'"):
+        join("s3a://b/p", "../escape")
+    with pytest.raises(ValueError, match="lakehouse.root is empty"):
+        normalize_root("  ")
+    with pytest.raises(ValueError, match=r"expected s3a://<authority>/<prefix>"):
+        normalize_root("s3a:bucket/lake")
+    with pytest.raises(ValueError, match="not a local path"):
+        Lakehouse("file://otherhost/x")
+
+
+def test_locations_compare_as_places():
+    assert same_location("file:/data/lake/events", "/data/lake/events")
+    assert same_location("file:///data/lake/events/", "file:/data/lake/events")
+    assert same_location("s3a://b/lake/events/", "s3a://b/lake/events")
+    assert not same_location("file:/data/lake/events", "/data/other/events")
+    assert not same_location("s3a://b/lake/events", "/b/lake/events")
+
+
+# ---- real jobs on a file:// root -----------------------------------------------------------------------------------
+def test_ingest_merge_and_nightly_migrate_on_a_file_uri_root(spark, tmp_path, monkeypatch):
+    from driftrec.runlock import RunLock
+    from driftrec.synthetic import generate
+    from jobs.ingest import IngestJob
+    from jobs.nightly import SUCCEEDED, NightlyJob
+    from tests.test_ingest import NOW, movielens_csv
+    from tests.transfer_helpers import load
+
+    monkeypatch.chdir(tmp_path)  # a stray relative "file:" folder would land here
+    local = tmp_path / "lake"
+    conf = make_conf(f"file://{local}", 'pipeline.stages=["migrate"]')  # type: ignore[arg-type]
+    assert conf.table_path("events") == f"file://{local}/events"
+
+    # Ingest: real files in, Delta tables at the URI's local folder.
+    job = IngestJob(spark, conf, now=NOW)
+    report = job.run(job.plan(movielens=str(movielens_csv(tmp_path / "ml"))))
+    assert report.total("rows_inserted", "events") == 6 and report.total("rows_quarantined", "events") == 6
+    assert (local / "events" / "_delta_log").is_dir() and (local / "items" / "_delta_log").is_dir()
+    assert lakehouse.read_table(spark, conf, EVENTS).count() == 6
+    location = spark.sql(f"DESCRIBE DETAIL {conf.table_name('events')}").first()["location"]
+    assert same_location(location, str(local / "events"))
+    lakehouse._check_registered_location(spark, conf, EVENTS)  # file:/x vs file:///x: the same place, no error
+    other = make_conf(tmp_path / "other")
+    other = other.model_copy(update={"lakehouse": other.lakehouse.model_copy(
+        update={"database": conf.lakehouse.database})})
+    with pytest.raises(RuntimeError, match="points at .* not at this lakehouse's"):
+        lakehouse._check_registered_location(spark, other, EVENTS)
+    again = job.run(job.plan(movielens=str(tmp_path / "ml")))
+    assert again.total("rows_inserted", "events") == 0  # idempotent on the URI root too
+
+    # MERGE and read back by path.
+    items = lakehouse.read_table(spark, conf, ITEMS)
+    renamed = items.where("item_id = 10").withColumn("title", items["title"].substr(1, 4))
+    res = lakehouse.merge_upsert(spark, conf, ITEMS, renamed, update_when="true")
+    assert (res.inserted, res.updated) == (0, 1)
+    assert lakehouse.read_table(spark, conf, ITEMS).where("item_id = 10").first()["title"] == "Heat"
+
+    # The nightly migrate stage, lock and bookkeeping included, on a fresh file:// lakehouse with generated events.
+    night = make_conf(f"file://{tmp_path}/night", 'pipeline.stages=["migrate"]')  # type: ignore[arg-type]
+    start = dt.date(2026, 1, 1)
+    data = generate(SyntheticConfig(users=30, items=20, categories=3, days=3, seed=5, start_date=start.isoformat()))
+    load(spark, night, data.events, data.items)
+    d = start + dt.timedelta(days=1)
+    rep = NightlyJob(spark, night).run(d)
+    assert [(r.stage, r.status) for r in rep.records] == [("migrate", SUCCEEDED)], rep.summary()
+    n_events = int((pd.to_datetime(data.events["timestamp"], unit="s").dt.date == d).sum())
+    assert rep.records[0].result.rows_in == n_events > 0
+    runs = lakehouse.read_table(spark, night, PIPELINE_RUNS).collect()
+    assert [(r["stage"], r["status"]) for r in runs] == [("migrate", SUCCEEDED)]
+    assert (tmp_path / "night" / "_pipeline" / "run_lock" / "_delta_log").is_dir()
+    assert RunLock(spark, night, "probe").holder() is None  # released
+    assert (tmp_path / "night" / "user_interest" / "_delta_log").is_dir()
+    assert not any(p.name.startswith("file:") for p in tmp_path.iterdir()) and not Path("file:").exists()
