@@ -1,7 +1,9 @@
-"""Self-contained SASRec checkpoints: tensors in ``model.pt`` (loaded with ``weights_only=True``), the rest JSON.
+"""Self-contained checkpoints of any :class:`~driftrec.models.protocol.SequenceModel`: tensors in ``model.pt``
+(loaded with ``weights_only=True``), the rest JSON.
 
 Nothing is ever unpickled: the weights file holds only tensors, and the item space's ids and category names that
-give those rows their meaning are tensors or JSON too.
+give those rows their meaning are tensors or JSON too. ``meta.json`` names the model class (``model``; checkpoints
+written before the protocol existed are SASRec).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import numpy as np
 import torch
 
 from driftrec.models.batches import ItemSpace
-from driftrec.models.sasrec import SASRec, SASRecParams
+from driftrec.models.protocol import SequenceModel, load_model, model_name, weights
 
 WEIGHTS = "model.pt"
 META = "meta.json"
@@ -23,18 +25,19 @@ class CheckpointError(RuntimeError):
     """A checkpoint directory is missing, incomplete or unreadable; the message names the path and the cause."""
 
 
-def save_checkpoint(directory: str | Path, model: SASRec, space: ItemSpace, extra: dict | None = None) -> Path:
+def save_checkpoint(directory: str | Path, model: SequenceModel, space: ItemSpace, extra: dict | None = None) -> Path:
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    state = weights(model)
     state["__item_ids__"] = torch.from_numpy(np.array(space.item_ids, dtype=np.int64))
     torch.save(state, d / WEIGHTS)
-    meta = {"params": model.p.to_dict(), "categories": list(space.categories), **(extra or {})}
+    meta = {"params": model.p.to_dict(), "categories": list(space.categories), **(extra or {}),
+            "model": model_name(model)}
     (d / META).write_text(json.dumps(meta, indent=1, sort_keys=True))
     return d
 
 
-def load_checkpoint(directory: str | Path) -> tuple[SASRec, ItemSpace, dict]:
+def load_checkpoint(directory: str | Path) -> tuple[SequenceModel, ItemSpace, dict]:
     """The model (eval mode, CPU), its item space and the JSON metadata; :class:`CheckpointError` if unusable."""
     d = Path(directory)
     for name in (META, WEIGHTS):
@@ -44,16 +47,15 @@ def load_checkpoint(directory: str | Path) -> tuple[SASRec, ItemSpace, dict]:
         meta = json.loads((d / META).read_text())
         state = torch.load(d / WEIGHTS, map_location="cpu", weights_only=True)
         item_ids = state.pop("__item_ids__").numpy().astype(np.int64)
-        model = SASRec(SASRecParams(**meta["params"]))
-        model.load_state_dict(state)
+        model = load_model(meta.get("model", "sasrec"), meta["params"], state)
+        text, has_text, item_category = model.side_info()
     except Exception as e:  # truncated file, bad JSON, wrong tensors: all mean "cannot use this checkpoint"
         raise CheckpointError(f"checkpoint {d} is unreadable: {type(e).__name__}: {e}") from e
-    model.eval()
     space = ItemSpace(
         item_ids=item_ids,
-        text=model.text[1:].numpy().copy(),
-        has_text=model.has_text[1:].numpy().copy(),
-        item_category=model.item_category[1:].numpy().copy(),
+        text=text,
+        has_text=has_text,
+        item_category=item_category,
         categories=list(meta["categories"]),
     )
     return model, space, meta
