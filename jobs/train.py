@@ -20,6 +20,7 @@ import logging
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -83,6 +84,14 @@ def model_from_space(space: ItemSpace, conf: Config) -> SequenceModel:
     return new_model(conf.training.model, space, conf.training)
 
 
+class Current(NamedTuple):
+    """The current registered model, loaded: its registry row, the model and its item space."""
+
+    row: object
+    model: SequenceModel
+    space: ItemSpace
+
+
 @dataclass
 class Start:
     """Where tonight's training starts: the current model grown to tonight's catalogue, or (``model`` None) cold."""
@@ -95,8 +104,8 @@ class Start:
     reason_cold: str = ""
 
 
-def plan_start(current: tuple | None, side: pd.DataFrame, ds: dt.date, conf: Config) -> Start:
-    """Warm start from ``current`` (``(registry row, model, space)``) when its class, architecture and text model
+def plan_start(current: Current | None, side: pd.DataFrame, ds: dt.date, conf: Config) -> Start:
+    """Warm start from ``current`` when its class, architecture and text model
     match tonight's configuration; cold otherwise (with the reason when there was a current model)."""
     from driftrec.serving import grow_to_catalogue, text_dim_of
 
@@ -114,7 +123,7 @@ def plan_start(current: tuple | None, side: pd.DataFrame, ds: dt.date, conf: Con
 
 
 def validation_metrics(candidate: SequenceModel, cand_space: ItemSpace, valid: pd.DataFrame, pop: pd.DataFrame,
-                       start: Start, current: tuple | None, fit_metrics: dict, sequences_version: int) -> dict:
+                       start: Start, current: Current | None, fit_metrics: dict, sequences_version: int) -> dict:
     """The candidate's, popularity's and (like-for-like, on the same held-out events) the current model's scores."""
     ranks = evaluate(candidate, cand_space, valid)
     pop_ranks = popularity_ranks(pop, cand_space, valid)
@@ -194,8 +203,8 @@ class TrainJob:
             .toPandas()
         )
 
-    def _current(self) -> tuple | None:
-        """``(registry row, model, item space)`` of the current model when warm starts are on; an unusable
+    def _current(self) -> Current | None:
+        """The current model when warm starts are on; an unusable
         checkpoint stops the run before anything is written."""
         from driftrec.models.checkpoint import CheckpointError, load_checkpoint
 
@@ -211,7 +220,7 @@ class TrainJob:
                 f"recorded; v{cur['version']} stays current. Restore its checkpoint directory, or train cold "
                 "with --set training.warm_start=false"
             ) from e
-        return cur, old, old_space
+        return Current(cur, old, old_space)
 
     def _fit(self, files: list[str], start: Start, ds: dt.date, version: int):
         """Ray Train on tonight's sequences; ``(fit result, published checkpoint directory)``."""

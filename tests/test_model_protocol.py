@@ -144,14 +144,14 @@ def test_checkpoint_round_trip_keeps_the_class_weights_and_space(tmp_path):
 
 def test_training_start_plan_grows_the_plugged_in_model(tmp_path):
     """plan_start (the training job's core) warm-starts a MeanModel: trained rows kept, new items text-only."""
-    from jobs.train import plan_start
+    from jobs.train import Current, plan_start
 
     old_space = extend_space(np.zeros(0, np.int64), [], _items([10, 11, 12]), 4)
     old = _trained(old_space)
     conf = make_conf(tmp_path, 'training.model="mean"', "training.d_model=8", "training.max_seq_len=6")
     side = _items([10, 11, 12, 13], seed=0)
     side["embedding"] = [*side["embedding"][:3], np.arange(4, dtype=np.float32)]
-    start = plan_start(({"version": 4}, old, old_space), side, dt.date(2026, 1, 31), conf)
+    start = plan_start(Current({"version": 4}, old, old_space), side, dt.date(2026, 1, 31), conf)
     assert start.parent == 4 and start.prior_items == 3 and type(start.model) is MeanModel
     np.testing.assert_array_equal(start.space.item_ids, [10, 11, 12, 13])
     with torch.no_grad():
@@ -159,7 +159,7 @@ def test_training_start_plan_grows_the_plugged_in_model(tmp_path):
         assert torch.allclose(v[:4], old.item_vectors())
         assert torch.allclose(v[4], old.text_proj(torch.arange(4, dtype=torch.float32)))
     # A different configured model class means a cold start, with the reason.
-    cold = plan_start(({"version": 4}, old, old_space), side, dt.date(2026, 1, 31), make_conf(tmp_path))
+    cold = plan_start(Current({"version": 4}, old, old_space), side, dt.date(2026, 1, 31), make_conf(tmp_path))
     assert cold.model is None and cold.parent is None and "cold start" in cold.reason_cold
     fresh = new_model("mean", start.space, conf.training)
     assert type(fresh) is MeanModel and fresh.p.n_items == 4
