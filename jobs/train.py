@@ -254,7 +254,8 @@ class TrainJob:
         from driftrec.training_data import training_popularity
 
         spark, conf, t = self.spark, self.conf, self.conf.training
-        current = self._current()  # first: a bad checkpoint fails the run before any write
+        model_class(t.model)  # an unknown training.model, like a bad checkpoint, fails the run before any write
+        current = self._current()
         events = self._events(ds)
         files, sequences_version = self._write_sequences(events, ds)
         if not files:
