@@ -194,6 +194,9 @@ class TrainingConfig(_Section):
     layers: int = Field(default=2, ge=1)
     dropout: float = Field(default=0.2, ge=0, lt=1)
     use_text: bool = True  # False: random item initialisation (the ablation)
+    # The model class (driftrec.models.protocol.model_class: "sasrec", or "package.module:Class"); model_name below
+    # only names the model's line in model_registry.
+    model: str = "sasrec"
     loss: Literal["full", "sampled"] = "full"
     num_negatives: int = Field(default=256, ge=1)  # sampled softmax only
     epochs: int = Field(default=20, ge=1)

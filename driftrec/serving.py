@@ -18,7 +18,7 @@ from driftrec import lakehouse
 from driftrec.categories import item_categories
 from driftrec.config import Config
 from driftrec.models.batches import ItemSpace, extend_space
-from driftrec.models.sasrec import SASRec
+from driftrec.models.protocol import SequenceModel
 from driftrec.tables import ITEM_TEXT_EMBEDDINGS, ITEMS, MODEL_REGISTRY
 
 
@@ -30,7 +30,7 @@ class ModelVersionError(RuntimeError):
 class ServingModel:
     version: int
     checkpoint: str
-    model: SASRec  # eval mode, grown to ``space``
+    model: SequenceModel  # eval mode, grown to ``space``
     space: ItemSpace
     new_items: int  # items tonight's catalogue added to the trained space
 
@@ -54,7 +54,8 @@ def text_dim_of(side: pd.DataFrame) -> int:
     return max(dims) if dims else 1
 
 
-def grow_to_catalogue(model: SASRec, space: ItemSpace, side: pd.DataFrame) -> tuple[SASRec, ItemSpace]:
+def grow_to_catalogue(model: SequenceModel, space: ItemSpace,
+                      side: pd.DataFrame) -> tuple[SequenceModel, ItemSpace]:
     """The model with room for tonight's new items and categories, their text and categories filled in."""
     grown_space = extend_space(space.item_ids, space.categories, side, model.p.text_dim)
     grown = model.grow(grown_space.n_items, len(grown_space.categories))

@@ -14,13 +14,10 @@ Under spark-submit::
 from __future__ import annotations
 
 import datetime as dt
-import io
 import logging
 import sys
-import uuid
 from dataclasses import dataclass
 
-import numpy as np
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -30,7 +27,6 @@ from driftrec.jobargs import add_run_id, base_parser, config_from_args, parse_da
 from driftrec.migration import transitions as tr
 from driftrec.migration.scoring import (
     MarkovState,
-    category_item_probs,
     load_markov_state,
     predicted_interest,
     reason_text,
@@ -148,83 +144,10 @@ class TopKJob:
         return load_markov_state(spark, conf, ds)
 
     def assets(self, served: ServingModel, state: MarkovState):
-        """The catalogue-sized inputs every worker needs (broadcast once), aligned to the model's item index."""
-        import torch
+        """The scorer's broadcast inputs: :func:`spark_udfs.assets.build_assets`."""
+        from spark_udfs.assets import build_assets
 
-        from spark_udfs.topk import ScoringAssets
-
-        t, m = self.conf.topk, self.conf.migration
-        item_ids = served.space.item_ids
-        n = len(item_ids)
-        index = {int(v): i for i, v in enumerate(item_ids)}
-        pic_rows = category_item_probs(state, m).collect()
-        categories = sorted({r["category"] for r in tr.category_popularity(state.global_matrix, m.category_smoothing)
-                             .select("category").collect()})
-        cindex = {c: i for i, c in enumerate(categories)}
-        pic = np.zeros((len(categories), n))
-        for r in pic_rows:
-            j, c = index.get(int(r["item_id"])), cindex.get(r["category"])
-            if j is not None and c is not None:
-                pic[c, j] = float(r["pic"])
-        succ = state.item_successors.select("from_item", "to_item", "prob").toPandas()
-        succ["r"] = succ["from_item"].map(index)
-        succ["j"] = succ["to_item"].map(index)
-        succ = succ.dropna(subset=["r", "j"]).sort_values(["r", "j"])
-        rows = succ["r"].to_numpy(np.int64)
-        indptr = np.zeros(n + 1, np.int64)
-        np.add.at(indptr, rows + 1, 1)
-        indptr = np.cumsum(indptr)
-        candidates = self.candidate_lists(served, state, pic, index) if n > t.candidate_threshold else None
-        buf = io.BytesIO()
-        torch.save({k: v.detach().cpu().contiguous() for k, v in served.model.state_dict().items()}, buf)
-        return ScoringAssets(
-            token=uuid.uuid4().hex,
-            item_ids=item_ids.astype(np.int64),
-            model_state=buf.getvalue(),
-            model_params=served.model.p.to_dict(),
-            model_categories=list(served.space.categories),
-            markov_categories=categories,
-            pic=pic,
-            succ_indptr=indptr,
-            succ_indices=succ["j"].to_numpy(np.int64),
-            succ_probs=succ["prob"].to_numpy(np.float64),
-            k=t.k,
-            blend=t.blend_weight,
-            item_term_weight=m.item_term_weight,
-            recent_items=m.recent_items,
-            rising_margin=t.rising_margin,
-            torch_threads=t.torch_threads,
-            candidates=candidates,
-        )
-
-    def candidate_lists(self, served: ServingModel, state: MarkovState, pic: np.ndarray, index: dict):
-        """The lists the candidate step draws from (``spark_udfs.candidates``), built once on the driver."""
-        import torch
-
-        from spark_udfs.candidates import Candidates, category_top, item_clusters, nearest_neighbours
-
-        t = self.conf.topk
-        popular = [
-            index[int(r["item_id"])]
-            for r in state.item_popularity.orderBy(F.desc("count"), "item_id").limit(t.candidate_popular).collect()
-            if int(r["item_id"]) in index
-        ]
-        with torch.no_grad():
-            vectors = served.model.item_vectors()[1:].float().numpy()
-        n = pic.shape[1]
-        log.info("candidate step on: %d items > topk.candidate_threshold %d", n, t.candidate_threshold)
-        clusters = None
-        if t.blend_weight < 1.0 and t.candidate_probes > 0:
-            clusters = item_clusters(vectors, t.candidate_clusters or max(1, round(2 * np.sqrt(n))),
-                                     seed=self.conf.training.seed)
-        return Candidates(
-            category_top=category_top(pic, t.candidate_category_items),
-            neighbours=nearest_neighbours(vectors, t.candidate_neighbours),
-            popular=np.asarray(popular, dtype=np.int64),
-            categories_per_user=t.candidate_categories,
-            clusters=clusters,
-            probes=t.candidate_probes,
-        )
+        return build_assets(served, state, self.conf)
 
     def _extra_users(self) -> DataFrame | None:
         t = self.conf.topk

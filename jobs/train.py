@@ -1,4 +1,4 @@
-"""Nightly training job: events -> training sequences (Delta) -> Ray Train (SASRec) -> gated model registry.
+"""Nightly training job: events -> training sequences (Delta) -> Ray Train (``training.model``) -> gated registry.
 
 Tonight's run warm-starts from the current registered model (its item table grown for new items from their text
 embeddings) and fine-tunes on the last ``training.finetune_window_days``; without a current model it trains from
@@ -20,6 +20,7 @@ import logging
 import sys
 import tempfile
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -31,14 +32,12 @@ from driftrec.config import Config
 from driftrec.jobargs import add_run_id, base_parser, config_from_args, parse_date
 from driftrec.models.batches import ItemSpace, extend_space, valid_batch
 from driftrec.models.evaluation import hit_rate_at_k, ndcg_at_k, popularity_scores, target_ranks
-from driftrec.models.sasrec import SASRec, SASRecParams
+from driftrec.models.protocol import SequenceModel, model_class, new_model
 from driftrec.spark import build_spark
 from driftrec.stage_runs import StageResult, run_recorded
 from driftrec.tables import EVENTS, TRAINING_SEQUENCES
 
 log = logging.getLogger("driftrec.train")
-
-_ARCHITECTURE = ("max_seq_len", "d_model", "heads", "layers", "use_text")
 
 
 @dataclass
@@ -64,7 +63,7 @@ class TrainReport:
         )
 
 
-def evaluate(model: SASRec, space: ItemSpace, valid: pd.DataFrame, batch: int = 256) -> np.ndarray:
+def evaluate(model: SequenceModel, space: ItemSpace, valid: pd.DataFrame, batch: int = 256) -> np.ndarray:
     """0-based full-catalogue rank of each held-out item (ties by item index); n_items when out of catalogue."""
     import torch
 
@@ -83,13 +82,71 @@ def popularity_ranks(counts: pd.DataFrame, space: ItemSpace, valid: pd.DataFrame
     return target_ranks(popularity_scores(c, len(valid)), b["target"] - 1)
 
 
-def model_from_space(space: ItemSpace, conf: Config) -> SASRec:
+def model_from_space(space: ItemSpace, conf: Config) -> SequenceModel:
+    return new_model(conf.training.model, space, conf.training)
+
+
+class Current(NamedTuple):
+    """The current registered model, loaded: its registry row, the model and its item space."""
+
+    row: object
+    model: SequenceModel
+    space: ItemSpace
+
+
+@dataclass
+class Start:
+    """Where tonight's training starts: the current model grown to tonight's catalogue, or (``model`` None) cold."""
+
+    space: ItemSpace  # tonight's item space
+    model: SequenceModel | None  # the grown current model (eval mode); None: train from scratch
+    parent: int | None  # the current model's version when warm
+    prior_items: int  # items the current model knew (0 when cold)
+    window_start: int  # epoch seconds: warm starts weight only targets from here on
+    reason_cold: str = ""
+
+
+def plan_start(current: Current | None, side: pd.DataFrame, ds: dt.date, conf: Config) -> Start:
+    """Warm start from ``current`` when its class, architecture and text model
+    match tonight's configuration; cold otherwise (with the reason when there was a current model)."""
+    from driftrec.serving import grow_to_catalogue, text_dim_of
+
     t = conf.training
-    model = SASRec(SASRecParams(n_items=space.n_items, n_categories=len(space.categories), text_dim=space.text_dim,
-                                max_seq_len=t.max_seq_len, d_model=t.d_model, heads=t.heads, layers=t.layers,
-                                dropout=t.dropout, use_text=t.use_text))
-    model.set_side_info(space.text, space.has_text, space.item_category)
-    return model
+    text_dim = text_dim_of(side)
+    if current is not None:
+        row, old, old_space = current
+        if isinstance(old, model_class(t.model)) and old.warm_startable(t, text_dim):
+            grown, space = grow_to_catalogue(old, old_space, side)
+            start = ds + dt.timedelta(days=1 - t.finetune_window_days)
+            window_start = int(dt.datetime.combine(start, dt.time(), dt.UTC).timestamp())
+            return Start(space, grown, int(row["version"]), old_space.n_items, window_start)
+    reason = "architecture or text model changed since the current model; cold start" if current is not None else ""
+    return Start(extend_space(np.zeros(0, np.int64), [], side, text_dim), None, None, 0, 0, reason)
+
+
+def validation_metrics(candidate: SequenceModel, cand_space: ItemSpace, valid: pd.DataFrame, pop: pd.DataFrame,
+                       start: Start, current: Current | None, fit_metrics: dict, sequences_version: int) -> dict:
+    """The candidate's, popularity's and (like-for-like, on the same held-out events) the current model's scores."""
+    ranks = evaluate(candidate, cand_space, valid)
+    pop_ranks = popularity_ranks(pop, cand_space, valid)
+    metrics = {
+        "ndcg_at_10": ndcg_at_k(ranks, 10),
+        "hit_rate_at_10": hit_rate_at_k(ranks, 10),
+        "popularity_ndcg_at_10": ndcg_at_k(pop_ranks, 10),
+        "valid_users": len(valid),
+        "n_items": start.space.n_items,
+        "new_items": start.space.n_items - start.prior_items,
+        "sequences_version": sequences_version,
+        **{k: fit_metrics[k] for k in ("loss", "samples_per_s", "steady_samples_per_s", "world_size")
+           if k in fit_metrics},
+    }
+    if current is not None:
+        # The current model, grown to tonight's items when warm, on tonight's held-out events.
+        row, old, old_space = current
+        model, space = (start.model, start.space) if start.model is not None else (old, old_space)
+        metrics["current_version"] = int(row["version"])
+        metrics["current_ndcg_at_10"] = ndcg_at_k(evaluate(model, space, valid), 10)
+    return metrics
 
 
 class TrainJob:
@@ -116,8 +173,8 @@ class TrainJob:
 
         return catalogue_side_info(self.spark, self.conf, events, self.conf.training.use_text)
 
-    def _write_sequences(self, events: DataFrame, ds: dt.date) -> list[str]:
-        """Write tonight's sequences and return the Parquet files of that partition at the pinned version."""
+    def _write_sequences(self, events: DataFrame, ds: dt.date) -> tuple[list[str], int]:
+        """Write tonight's sequences; ``(Parquet files of that partition, table version)`` pinned at the write."""
         from delta.tables import DeltaTable
         from deltalake import DeltaTable as ArrowDeltaTable
 
@@ -134,14 +191,13 @@ class TrainJob:
             file_pruning_predicate=[("ds", "=", ds.isoformat())]
         )
         log.info("training_sequences v%s: %d files for ds=%s", version, len(files), ds)
-        self.sequences_version = int(version)
-        return files
+        return files, int(version)
 
-    def _valid(self, ds: dt.date) -> pd.DataFrame:
+    def _valid(self, ds: dt.date, sequences_version: int) -> pd.DataFrame:
         t = self.conf.training
         return (
             self.spark.read.format("delta")
-            .option("versionAsOf", self.sequences_version)
+            .option("versionAsOf", sequences_version)
             .load(self.conf.table_path(TRAINING_SEQUENCES.logical))
             .where((F.col("ds") == F.lit(ds)) & (F.col("split") == "valid"))
             .orderBy(F.xxhash64("user_id"), "user_id")
@@ -149,118 +205,87 @@ class TrainJob:
             .toPandas()
         )
 
-    # -- run ---------------------------------------------------------------------------------------------------
-    def run(self, ds: dt.date) -> TrainReport:
+    def _current(self) -> Current | None:
+        """The current model when warm starts are on; an unusable
+        checkpoint stops the run before anything is written."""
+        from driftrec.models.checkpoint import CheckpointError, load_checkpoint
+
+        t = self.conf.training
+        cur = registry.current(self.spark, self.conf, t.model_name) if t.warm_start else None
+        if cur is None:
+            return None
+        try:
+            old, old_space, _ = load_checkpoint(cur["checkpoint"])
+        except CheckpointError as e:
+            raise CheckpointError(
+                f"cannot warm-start from the current model v{cur['version']}: {e}. Nothing was trained or "
+                f"recorded; v{cur['version']} stays current. Restore its checkpoint directory, or train cold "
+                "with --set training.warm_start=false"
+            ) from e
+        return Current(cur, old, old_space)
+
+    def _fit(self, files: list[str], start: Start, ds: dt.date, version: int):
+        """Ray Train on tonight's sequences; ``(fit result, published checkpoint directory)``."""
         import ray
 
-        from driftrec.models.checkpoint import CheckpointError, load_checkpoint
-        from driftrec.serving import grow_to_catalogue, text_dim_of
-        from driftrec.training_data import training_popularity
         from ray_trainers import sasrec_trainer
+        from ray_trainers.data import read_training_sequences
 
-        spark, conf, t = self.spark, self.conf, self.conf.training
-        # The current model first: an unusable checkpoint stops the run before anything is written.
-        cur = registry.current(spark, conf, t.model_name) if t.warm_start else None
-        if cur is not None:
-            try:
-                old, old_space, _ = load_checkpoint(cur["checkpoint"])
-            except CheckpointError as e:
-                raise CheckpointError(
-                    f"cannot warm-start from the current model v{cur['version']}: {e}. Nothing was trained or "
-                    f"recorded; v{cur['version']} stays current. Restore its checkpoint directory, or train cold "
-                    "with --set training.warm_start=false"
-                ) from e
-
-        events = self._events(ds)
-        files = self._write_sequences(events, ds)
-        if not files:
-            raise RuntimeError(f"no training sequences for {ds}: no events on or before it?")
-        side = self._side_info(events)
-        text_dim = text_dim_of(side)
-
-        init_model, parent, reason_cold = None, None, ""
-        if cur is not None:
-            same_arch = all(getattr(old.p, k) == getattr(t, k) for k in _ARCHITECTURE)
-            if same_arch and old.p.text_dim == text_dim:
-                cur_items = old_space.n_items
-                init_model, space = grow_to_catalogue(old, old_space, side)
-                parent = int(cur["version"])
-            else:
-                reason_cold = "architecture or text model changed since the current model; cold start"
-        if init_model is None:
-            space = extend_space(np.zeros(0, np.int64), [], side, text_dim)
-        params = SASRecParams(n_items=space.n_items, n_categories=len(space.categories), text_dim=text_dim,
-                              max_seq_len=t.max_seq_len, d_model=t.d_model, heads=t.heads, layers=t.layers,
-                              dropout=t.dropout, use_text=t.use_text)
-        window_start = 0
-        if init_model is not None:
-            start = ds + dt.timedelta(days=1 - t.finetune_window_days)
-            window_start = int(dt.datetime.combine(start, dt.time(), dt.UTC).timestamp())
-
-        version = registry.next_version(spark, conf)
+        conf, t = self.conf, self.conf.training
         if not ray.is_initialized():
             ray.init(address=t.ray_address or None)
-        cols = sasrec_trainer.SEQUENCE_COLUMNS
-        train_ds = ray.data.read_parquet(files).map_batches(
-            lambda df: df.loc[df["split"] == "train", cols], batch_format="pandas"
-        )
-        if t.materialize_data:
-            # Read before the workers take their CPUs: on a small node Ray Data would otherwise get none and the
-            # streaming split would wait forever.
-            train_ds = train_ds.materialize()
+        train_ds = read_training_sequences(files, t.materialize_data)
         lake = lakehouse.Lakehouse.of(conf)
         fit = sasrec_trainer.fit(
-            train_ds, space, params, t,
+            train_ds, start.space, model_class(t.model).params_for(start.space, t), t,
             storage_path=t.storage_path or lake.ray_results_dir(),
             run_name=f"{t.model_name}-{ds.isoformat()}-v{version:05d}",
-            init_state=init_model.state_dict() if init_model is not None else None,
-            window_start=window_start,
-            epochs=t.warm_epochs if init_model is not None else t.epochs,
+            init_state=start.model.state_dict() if start.model is not None else None,
+            window_start=start.window_start,
+            epochs=t.warm_epochs if start.model is not None else t.epochs,
             meta={"version": version, "trained_through": ds.isoformat(), "text_model": conf.embeddings.model},
         )
         published = lake.model_version_dir(t.model_name, version)
         if lake.is_local:
             fit.checkpoint.to_directory(str(lake.local_path(published)))
-            candidate, cand_space, _ = load_checkpoint(published)
-        else:  # object store: materialise locally, evaluate from there, upload the same files
+        else:  # object store: materialise locally, upload the same files
             with tempfile.TemporaryDirectory(prefix="driftrec-model-") as tmp:
                 fit.checkpoint.to_directory(tmp)
-                candidate, cand_space, _ = load_checkpoint(tmp)
                 lake.upload_dir(tmp, published)
+        return fit, published
 
-        valid = self._valid(ds)
-        ranks = evaluate(candidate, cand_space, valid)
+    # -- run ---------------------------------------------------------------------------------------------------
+    def run(self, ds: dt.date) -> TrainReport:
+        """Read (current model, events, side information) -> sequences -> train -> validate -> record."""
+        from driftrec.models.checkpoint import load_checkpoint
+        from driftrec.training_data import training_popularity
+
+        spark, conf, t = self.spark, self.conf, self.conf.training
+        model_class(t.model)  # an unknown training.model, like a bad checkpoint, fails the run before any write
+        current = self._current()
+        events = self._events(ds)
+        files, sequences_version = self._write_sequences(events, ds)
+        if not files:
+            raise RuntimeError(f"no training sequences for {ds}: no events on or before it?")
+        start = plan_start(current, self._side_info(events), ds, conf)
+
+        version = registry.next_version(spark, conf)
+        fit, published = self._fit(files, start, ds, version)
+
+        valid = self._valid(ds, sequences_version)
         pop = training_popularity(events, t.min_valid_events).toPandas()
-        pop_ranks = popularity_ranks(pop, cand_space, valid)
-        metrics = {
-            "ndcg_at_10": ndcg_at_k(ranks, 10),
-            "hit_rate_at_10": hit_rate_at_k(ranks, 10),
-            "popularity_ndcg_at_10": ndcg_at_k(pop_ranks, 10),
-            "valid_users": len(valid),
-            "n_items": space.n_items,
-            "new_items": space.n_items - (cur_items if init_model is not None else 0),
-            "sequences_version": self.sequences_version,
-            **{k: fit.metrics[k] for k in ("loss", "samples_per_s", "steady_samples_per_s", "world_size")
-               if k in fit.metrics},
-        }
-        current_ndcg = None
-        if cur is not None:
-            # The current model, grown to tonight's items, on tonight's held-out events: a like-for-like bar.
-            if init_model is not None:
-                current_ndcg = ndcg_at_k(evaluate(init_model, space, valid), 10)
-            else:
-                old, old_space, _ = load_checkpoint(cur["checkpoint"])
-                current_ndcg = ndcg_at_k(evaluate(old, old_space, valid), 10)
-            metrics["current_version"] = int(cur["version"])
-            metrics["current_ndcg_at_10"] = current_ndcg
-        decision = registry.decide(metrics["ndcg_at_10"], current_ndcg, t.ndcg_tolerance)
-        reason = f"{reason_cold}; {decision.reason}" if reason_cold else decision.reason
+        candidate, cand_space, _ = load_checkpoint(published)
+        metrics = validation_metrics(candidate, cand_space, valid, pop, start, current, fit.metrics,
+                                     sequences_version)
+        decision = registry.decide(metrics["ndcg_at_10"], metrics.get("current_ndcg_at_10"), t.ndcg_tolerance)
+        reason = f"{start.reason_cold}; {decision.reason}" if start.reason_cold else decision.reason
         decision = registry.Decision(decision.promote, reason)
         registry.record(spark, conf, version=version, model_name=t.model_name, trained_through=ds,
-                        parent_version=parent, config=json.loads(t.model_dump_json()), metrics=metrics,
+                        parent_version=start.parent, config=json.loads(t.model_dump_json()), metrics=metrics,
                         checkpoint=str(published), decision=decision)
         report = TrainReport(version=version, trained_through=ds.isoformat(), promoted=decision.promote,
-                             reason=reason, warm_start_from=parent, checkpoint=str(published), metrics=metrics)
+                             reason=reason, warm_start_from=start.parent, checkpoint=str(published),
+                             metrics=metrics)
         log.info(report.summary())
         return report
 

@@ -1,4 +1,7 @@
-"""Ray Train entry point for the SASRec recommender: DDP over ``ScalingConfig(num_workers, use_gpu)``.
+"""Ray Train entry point for the sequential recommender: DDP over ``ScalingConfig(num_workers, use_gpu)``.
+
+The model is any :class:`driftrec.models.protocol.SequenceModel` (``training.model``, SASRec by default): the loop
+builds it with ``model_class(name).from_params``, trains its ``forward`` (the loss) and saves it through the protocol.
 
 Training sequences arrive as a Ray Dataset (the Parquet files of one pinned Delta snapshot) and are sharded to the
 workers with ``get_dataset_shard``; the item space and an optional warm-start state go through the object store,
@@ -18,9 +21,10 @@ import numpy as np
 
 from driftrec.config import TrainingConfig
 from driftrec.models.batches import ItemSpace
-from driftrec.models.sasrec import SASRecParams
+from driftrec.models.protocol import ModelParams
+from ray_trainers.data import SEQUENCE_COLUMNS
 
-SEQUENCE_COLUMNS = ["user_id", "chunk", "item_ids", "event_ts", "interest_categories", "interest_p"]
+__all__ = ["SEQUENCE_COLUMNS", "FitResult", "fit", "train_loop_per_worker"]
 
 
 @dataclass(frozen=True)
@@ -50,7 +54,7 @@ def train_loop_per_worker(config: dict) -> None:
 
     from driftrec.models.batches import train_batch
     from driftrec.models.checkpoint import load_checkpoint, save_checkpoint
-    from driftrec.models.sasrec import SASRec
+    from driftrec.models.protocol import model_class
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -58,9 +62,8 @@ def train_loop_per_worker(config: dict) -> None:
     if config.get("torch_threads"):
         torch.set_num_threads(config["torch_threads"])
     space: ItemSpace = ray.get(config["space_ref"])
-    params = SASRecParams(**config["params"])
-
-    model = SASRec(params)
+    model = model_class(config["model"]).from_params(config["params"])
+    params = model.p
     model.set_side_info(space.text, space.has_text, space.item_category)
     start_epoch = 0
     resume = ray.train.get_checkpoint()
@@ -102,6 +105,7 @@ def train_loop_per_worker(config: dict) -> None:
             b = train_batch(pdf, index, cindex, n_cats, max_len, config["window_start"])
             t = {k: torch.as_tensor(v).to(device) for k, v in b.items()}
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
+                # SequenceModel.forward is the loss: DDP syncs gradients through forward.
                 loss = ddp(t["seq"], t["target"], t["weight"], t["interest"], sampled)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -140,9 +144,10 @@ def train_loop_per_worker(config: dict) -> None:
 def fit(
     train_ds,
     space: ItemSpace,
-    params: SASRecParams,
+    params: ModelParams,
     tcfg: TrainingConfig,
     *,
+    model: str | None = None,
     storage_path: str,
     run_name: str,
     init_state: dict | None = None,
@@ -150,7 +155,8 @@ def fit(
     epochs: int | None = None,
     meta: dict | None = None,
 ) -> FitResult:
-    """Train on ``train_ds`` (``SEQUENCE_COLUMNS`` of training_sequences rows) with a TorchTrainer.
+    """Train a ``model`` (default ``training.model``) with ``params`` on ``train_ds`` (``SEQUENCE_COLUMNS`` of
+    training_sequences rows, :func:`ray_trainers.data.read_training_sequences`) with a TorchTrainer.
 
     Needs ``ray.init()`` done. On a node whose CPUs all go to training workers, pass a materialized dataset with no
     pending operators: Ray Data gets no CPU there to run them.
@@ -163,6 +169,7 @@ def fit(
     config = {
         "space_ref": ray.put(space),
         "init_ref": ray.put(init_state) if init_state is not None else None,
+        "model": model or tcfg.model,
         "params": params.to_dict(),
         "seed": tcfg.seed,
         "lr": tcfg.lr,

@@ -3,7 +3,7 @@
 Per batch of users (one pandas frame of a partition) the scorer computes, as dense matrix products over the
 catalogue:
 
-* the model's next-item distribution ``softmax(SASRec scores)`` from the user's recent items and interest state;
+* the model's next-item distribution ``softmax(model scores)`` from the user's recent items and interest state;
 * the migration engine's ``p(u, i, t+1) = w * item_term + (1 - w) * category_term`` (as in
   :func:`driftrec.migration.scoring.markov_scores`): ``item_term`` is the mean successor probability from the last
   ``recent_items`` items (a sparse row gather), ``category_term = q_u @ P(i|c)`` (one matrix product);
@@ -17,7 +17,6 @@ builds the model from them once and keeps it for every later batch and task.
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -40,7 +39,7 @@ class ScoringAssets:
 
     token: str  # identifies the assets; a worker rebuilds its model only when this changes
     item_ids: np.ndarray  # (n,) int64
-    model_state: bytes  # torch.save(state_dict): tensors only, loaded with weights_only=True
+    model_state: bytes  # driftrec.models.protocol.model_to_bytes: tensors only, loaded with weights_only=True
     model_params: dict
     model_categories: list[str]  # the model's interest-feature categories
     markov_categories: list[str]  # sorted; the order of ``pic`` rows and of each user's q / rise arrays
@@ -56,6 +55,7 @@ class ScoringAssets:
     torch_threads: int = 1
     candidates: object = None  # spark_udfs.candidates.Candidates above topk.candidate_threshold, else None
     meta: dict = field(default_factory=dict)
+    model_name: str = "sasrec"  # driftrec.models.protocol.model_class key of the model_state
 
     @cached_property
     def index(self) -> pd.Index:
@@ -67,30 +67,27 @@ _MODEL_CACHE: dict[str, object] = {}
 
 
 def build_model(assets: ScoringAssets):
-    """The SASRec of ``assets``, built once per Python worker process."""
+    """The assets' model (any :class:`driftrec.models.protocol.SequenceModel`), built once per Python worker."""
     cached = _MODEL_CACHE.get(assets.token)
     if cached is not None:
         return cached
     import torch
 
-    from driftrec.models.sasrec import SASRec, SASRecParams
+    from driftrec.models.protocol import load_model
 
     torch.set_num_threads(max(1, assets.torch_threads))
-    model = SASRec(SASRecParams(**assets.model_params))
-    model.load_state_dict(torch.load(io.BytesIO(assets.model_state), map_location="cpu", weights_only=True))
-    model.eval()
+    model = load_model(assets.model_name, assets.model_params, assets.model_state)
     _MODEL_CACHE.clear()
     _MODEL_CACHE[assets.token] = model
     return model
 
 
 def model_hidden(model, assets: ScoringAssets, pdf: pd.DataFrame):
-    """``(h, items)``: the model's (B, d) hidden state after each user's history and its (n + 1, d) item vectors
+    """``(h, items)``: the model's (B, d) user vectors after each user's history and its (n + 1, d) item vectors
     (row 0 = padding), both float64 torch tensors."""
     import torch
 
-    from driftrec.models.batches import interest_matrix
-    from driftrec.models.sasrec import pad_left
+    from driftrec.models.batches import interest_matrix, pad_left
 
     index = assets.index
     max_len = int(assets.model_params["max_seq_len"])
@@ -103,7 +100,7 @@ def model_hidden(model, assets: ScoringAssets, pdf: pd.DataFrame):
     # then agree to ~1e-16, so near-ties rank the same way in both (float32 kernels differ by ~1e-7).
     with torch.no_grad():
         items = model.item_vectors()
-        h = model.hidden(torch.as_tensor(seq), torch.as_tensor(interest), items)[:, -1].double()
+        h = model.encode(torch.as_tensor(seq), torch.as_tensor(interest), items).double()
         return h, items.double()
 
 

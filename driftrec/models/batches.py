@@ -11,7 +11,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from driftrec.models.sasrec import pad_left
+
+def pad_left(seqs: list[np.ndarray], length: int) -> np.ndarray:
+    """Keep the last ``length`` entries of each sequence, left-padded with 0, as an (n, length) int64 array."""
+    out = np.zeros((len(seqs), length), dtype=np.int64)
+    for i, s in enumerate(seqs):
+        s = np.asarray(s, dtype=np.int64)[-length:]
+        if len(s):
+            out[i, length - len(s) :] = s
+    return out
 
 
 @dataclass

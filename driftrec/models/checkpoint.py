@@ -1,7 +1,9 @@
-"""Self-contained SASRec checkpoints: tensors in ``model.pt`` (loaded with ``weights_only=True``), the rest JSON.
+"""Self-contained checkpoints of any :class:`~driftrec.models.protocol.SequenceModel`: tensors in ``model.pt``
+(loaded with ``weights_only=True``), the rest JSON.
 
 Nothing is ever unpickled: the weights file holds only tensors, and the item space's ids and category names that
-give those rows their meaning are tensors or JSON too.
+give those rows their meaning are tensors or JSON too. ``meta.json`` names the model class (``model``; checkpoints
+written before the protocol existed are SASRec).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import numpy as np
 import torch
 
 from driftrec.models.batches import ItemSpace
-from driftrec.models.sasrec import SASRec, SASRecParams
+from driftrec.models.protocol import SequenceModel, load_model, model_name, weights
 
 WEIGHTS = "model.pt"
 META = "meta.json"
@@ -24,13 +26,14 @@ class CheckpointError(RuntimeError):
     """A checkpoint directory is missing, incomplete or unreadable; the message names the path and the cause."""
 
 
-def save_checkpoint(directory: str | Path, model: SASRec, space: ItemSpace, extra: dict | None = None) -> Path:
+def save_checkpoint(directory: str | Path, model: SequenceModel, space: ItemSpace, extra: dict | None = None) -> Path:
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    state = weights(model)
     state["__item_ids__"] = torch.from_numpy(np.array(space.item_ids, dtype=np.int64))
     torch.save(state, d / WEIGHTS)
-    meta = {"params": model.p.to_dict(), "categories": list(space.categories), **(extra or {})}
+    meta = {"params": model.p.to_dict(), "categories": list(space.categories), **(extra or {}),
+            "model": model_name(model)}
     (d / META).write_text(json.dumps(meta, indent=1, sort_keys=True))
     return d
 
@@ -51,7 +54,7 @@ def _download(location: str, into: Path) -> Path:
     return into
 
 
-def load_checkpoint(directory: str | Path) -> tuple[SASRec, ItemSpace, dict]:
+def load_checkpoint(directory: str | Path) -> tuple[SequenceModel, ItemSpace, dict]:
     """The model (eval mode, CPU), its item space and the JSON metadata; :class:`CheckpointError` if unusable.
 
     ``directory`` is a local path, a ``file://`` URI, or an object-store URI (fetched to a temp folder first).
@@ -66,7 +69,7 @@ def load_checkpoint(directory: str | Path) -> tuple[SASRec, ItemSpace, dict]:
         return _load(_download(location, Path(tmp)), shown=location)
 
 
-def _load(d: Path, shown: str | None = None) -> tuple[SASRec, ItemSpace, dict]:
+def _load(d: Path, shown: str | None = None) -> tuple[SequenceModel, ItemSpace, dict]:
     shown = shown or str(d)
     for name in (META, WEIGHTS):
         if not (d / name).is_file():
@@ -75,16 +78,15 @@ def _load(d: Path, shown: str | None = None) -> tuple[SASRec, ItemSpace, dict]:
         meta = json.loads((d / META).read_text())
         state = torch.load(d / WEIGHTS, map_location="cpu", weights_only=True)
         item_ids = state.pop("__item_ids__").numpy().astype(np.int64)
-        model = SASRec(SASRecParams(**meta["params"]))
-        model.load_state_dict(state)
+        model = load_model(meta.get("model", "sasrec"), meta["params"], state)
+        text, has_text, item_category = model.side_info()
     except Exception as e:  # truncated file, bad JSON, wrong tensors: all mean "cannot use this checkpoint"
         raise CheckpointError(f"checkpoint {shown} is unreadable: {type(e).__name__}: {e}") from e
-    model.eval()
     space = ItemSpace(
         item_ids=item_ids,
-        text=model.text[1:].numpy().copy(),
-        has_text=model.has_text[1:].numpy().copy(),
-        item_category=model.item_category[1:].numpy().copy(),
+        text=text,
+        has_text=has_text,
+        item_category=item_category,
         categories=list(meta["categories"]),
     )
     return model, space, meta

@@ -12,11 +12,20 @@ Index 0 is padding everywhere (items and categories); real items are 1..n in the
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from driftrec.models.batches import pad_left
+
+if TYPE_CHECKING:
+    from driftrec.config import TrainingConfig
+    from driftrec.models.batches import ItemSpace
+
+__all__ = ["SASRec", "SASRecParams", "pad_left"]
 
 
 @dataclass(frozen=True)
@@ -36,6 +45,12 @@ class SASRecParams:
 
 
 class SASRec(nn.Module):
+    """Implements :class:`driftrec.models.protocol.SequenceModel`."""
+
+    name = "sasrec"
+    # Configuration a warm start must share with the current model (dropout may change between nights).
+    ARCHITECTURE = ("max_seq_len", "d_model", "heads", "layers", "use_text")
+
     def __init__(self, p: SASRecParams):
         super().__init__()
         self.p = p
@@ -60,6 +75,19 @@ class SASRec(nn.Module):
         self.register_buffer("has_text", torch.zeros(n))
         self.register_buffer("item_category", torch.zeros(n, dtype=torch.long))
 
+    @classmethod
+    def from_params(cls, params: dict) -> SASRec:
+        return cls(SASRecParams(**params))
+
+    @classmethod
+    def params_for(cls, space: ItemSpace, tcfg: TrainingConfig) -> SASRecParams:
+        return SASRecParams(n_items=space.n_items, n_categories=len(space.categories), text_dim=space.text_dim,
+                            max_seq_len=tcfg.max_seq_len, d_model=tcfg.d_model, heads=tcfg.heads, layers=tcfg.layers,
+                            dropout=tcfg.dropout, use_text=tcfg.use_text)
+
+    def warm_startable(self, tcfg: TrainingConfig, text_dim: int) -> bool:
+        return all(getattr(self.p, k) == getattr(tcfg, k) for k in self.ARCHITECTURE) and self.p.text_dim == text_dim
+
     # -- side information --------------------------------------------------------------------------------------
     def set_side_info(self, text: np.ndarray, has_text: np.ndarray, item_category: np.ndarray) -> None:
         """Rows are items 1..n (no padding row); text rows of items without text are ignored."""
@@ -67,6 +95,9 @@ class SASRec(nn.Module):
             self.text[1:] = torch.from_numpy(np.array(text, dtype=np.float32))
             self.has_text[1:] = torch.from_numpy(np.array(has_text, dtype=np.float32))
             self.item_category[1:] = torch.from_numpy(np.array(item_category, dtype=np.int64))
+
+    def side_info(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return self.text[1:].numpy().copy(), self.has_text[1:].numpy().copy(), self.item_category[1:].numpy().copy()
 
     def item_vectors(self) -> torch.Tensor:
         """(n_items + 1, d): the representation every item has, also used as the output layer (tied)."""
@@ -92,6 +123,10 @@ class SASRec(nn.Module):
         blocked = blocked & ~torch.eye(L, dtype=torch.bool, device=seq.device).unsqueeze(0)
         h = self.encoder(x, mask=blocked.repeat_interleave(self.p.heads, dim=0))
         return self.out_norm(h)
+
+    def encode(self, seq: torch.Tensor, interest: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, d): the hidden state at the last position, the user's vector."""
+        return self.hidden(seq, interest, items)[:, -1]
 
     def forward(self, seq: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, interest: torch.Tensor,
                 sampled: int = 0) -> torch.Tensor:
@@ -120,8 +155,7 @@ class SASRec(nn.Module):
     def score(self, seq: torch.Tensor, interest: torch.Tensor) -> torch.Tensor:
         """(B, n_items) scores of every item as the next one after the last position; column k is item k + 1."""
         items = self.item_vectors()
-        h = self.hidden(seq, interest, items)[:, -1]
-        return h @ items[1:].T
+        return self.encode(seq, interest, items) @ items[1:].T
 
     # -- warm start --------------------------------------------------------------------------------------------
     def grow(self, n_items: int, n_categories: int) -> SASRec:
@@ -146,12 +180,3 @@ class SASRec(nn.Module):
         new.load_state_dict(state)
         return new
 
-
-def pad_left(seqs: list[np.ndarray], length: int) -> np.ndarray:
-    """Keep the last ``length`` entries of each sequence, left-padded with 0, as an (n, length) int64 array."""
-    out = np.zeros((len(seqs), length), dtype=np.int64)
-    for i, s in enumerate(seqs):
-        s = np.asarray(s, dtype=np.int64)[-length:]
-        if len(s):
-            out[i, length - len(s) :] = s
-    return out
