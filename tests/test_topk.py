@@ -18,7 +18,7 @@ from pyspark.sql import functions as F
 
 from driftrec import lakehouse, registry
 from driftrec.config import Config, SyntheticConfig
-from driftrec.migration.scoring import load_markov_state, markov_scores
+from driftrec.migration.scoring import load_markov_state
 from driftrec.models.batches import interest_matrix
 from driftrec.models.checkpoint import load_checkpoint
 from driftrec.models.sasrec import pad_left
@@ -26,6 +26,7 @@ from driftrec.serving import ModelVersionError
 from driftrec.synthetic import generate
 from driftrec.tables import EVENTS, RECOMMENDATIONS, USER_DRIFT, USER_INTEREST
 from tests.conftest import make_conf
+from tests.reference_migration import markov_scores
 from tests.transfer_helpers import load
 
 pytestmark = pytest.mark.slow  # a real migration night, a Ray Train run and Spark scoring
@@ -110,7 +111,8 @@ def _reference(spark, conf: Config, checkpoint: str) -> pd.DataFrame:
 
     state = load_markov_state(spark, conf, DAY)
     cand = spark.createDataFrame([(u, int(i)) for u in users for i in space.item_ids], "user_id bigint, item_id bigint")
-    mk = markov_scores(cand, ev.select("user_id", "item_id", "event_ts"), state, conf.migration).toPandas()
+    mk = markov_scores(cand, ev.select("user_id", "item_id", "event_ts"), state, conf.migration,
+                       conf.topk.rising_margin).toPandas()
     migration = mk.pivot(index="user_id", columns="item_id", values="score").reindex(index=users,
                                                                                        columns=space.item_ids)
     score = (1 - t.blend_weight) * p_model + t.blend_weight * migration.to_numpy()
