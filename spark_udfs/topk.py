@@ -4,9 +4,9 @@ Per batch of users (one pandas frame of a partition) the scorer computes, as den
 catalogue:
 
 * the model's next-item distribution ``softmax(model scores)`` from the user's recent items and interest state;
-* the migration engine's ``p(u, i, t+1) = w * item_term + (1 - w) * category_term`` (as in
-  :func:`driftrec.migration.scoring.markov_scores`): ``item_term`` is the mean successor probability from the last
-  ``recent_items`` items (a sparse row gather), ``category_term = q_u @ P(i|c)`` (one matrix product);
+* the migration engine's ``p(u, i, t+1) = w * item_term + (1 - w) * category_term``, computed by
+  :mod:`driftrec.migration.kernels` (the formula's one home): ``item_term`` is the mean successor probability
+  from the last ``recent_items`` items (a sparse row gather), ``category_term = q_u @ P(i|c)`` (one product);
 * ``score = (1 - blend) * model + blend * migration``; consumed items are excluded; the top k are kept with ties
   broken by item id, so a rerun over the same inputs writes the same rows. A user without history (cold start)
   gets migration only: popularity inside the categories their ``q`` names (declared, or everyone's).
@@ -24,13 +24,16 @@ from functools import cached_property
 import numpy as np
 import pandas as pd
 
+from driftrec.migration import kernels
+
 OUTPUT_SCHEMA = (
     "user_id bigint, rank int, item_id bigint, score double, model_score double, migration_score double, "
     "via_item bigint, via_category string, reason_kind string"
 )
 
 # Reason kinds, turned into text by the job (which knows the titles).
-SUCCESSOR, RISING, CATEGORY, POPULAR_IN, POPULAR = "successor", "rising", "category", "popular_in", "popular"
+SUCCESSOR, RISING, CATEGORY, POPULAR_IN, POPULAR = (kernels.SUCCESSOR, kernels.RISING, kernels.CATEGORY,
+                                                    kernels.POPULAR_IN, kernels.POPULAR)
 
 
 @dataclass
@@ -149,32 +152,28 @@ def _positions(row: np.ndarray, items: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return pos, found
 
 
+def recent_matrix(assets: ScoringAssets, pdf: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """``(recent, n_recent)``: (B, L) catalogue indices of each user's last items, most recent first (-1: none or
+    unknown), and (B,) the item term's divisor ``min(len(history), recent_items)``."""
+    recent = np.full((len(pdf), assets.recent_items), -1, np.int64)
+    n_recent = np.zeros(len(pdf))
+    for u, items in enumerate(pdf["item_ids"]):
+        r = recent_indices(assets, items)
+        recent[u, : len(r)] = r
+        n_recent[u] = min(0 if items is None else len(items), assets.recent_items)
+    return recent, n_recent
+
+
 def migration_terms(assets: ScoringAssets, pdf: pd.DataFrame,
                     cols: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(item_term, category_term, w)``: (B, n), (B, n), (B,); (B, M), (B, M), (B,) over candidates ``cols``."""
+    """``(item_term, category_term, w)``: (B, n), (B, n), (B,); (B, M), (B, M), (B,) over candidates ``cols``.
+
+    The arithmetic is :mod:`driftrec.migration.kernels`'; this only lays the batch out as arrays."""
     q = np.stack([np.asarray(x, dtype=np.float64) for x in pdf["q"]])
-    if cols is None:
-        cat_term = q @ assets.pic
-    else:
-        pic_t = np.vstack([assets.pic.T, np.zeros((1, assets.pic.shape[0]))])  # row n: the padding, all zero
-        cat_term = np.einsum("bc,bmc->bm", q, pic_t[cols])
-    item_term = np.zeros_like(cat_term)
-    w = np.zeros(len(pdf))
-    ptr, idx, prob = assets.succ_indptr, assets.succ_indices, assets.succ_probs
-    for u, items in enumerate(pdf["item_ids"]):
-        if items is None or len(items) == 0:
-            continue
-        w[u] = assets.item_term_weight
-        recent = recent_indices(assets, items)
-        for r in recent[recent >= 0]:
-            lo, hi = ptr[r], ptr[r + 1]
-            if cols is None:
-                item_term[u, idx[lo:hi]] += prob[lo:hi]
-            else:
-                pos, found = _positions(cols[u], idx[lo:hi])
-                np.add.at(item_term[u], pos[found], prob[lo:hi][found])
-        item_term[u] /= min(len(items), assets.recent_items)
-    return item_term, cat_term, w
+    recent, n_recent = recent_matrix(assets, pdf)
+    n = len(assets.item_ids)
+    item = kernels.item_term(recent, n_recent, assets.succ_indptr, assets.succ_indices, assets.succ_probs, n, cols)
+    return item, kernels.category_term(q, assets.pic, cols), kernels.item_weight(n_recent > 0, assets.item_term_weight)
 
 
 def top_k(scores: np.ndarray, item_ids: np.ndarray, k: int) -> np.ndarray:
@@ -235,36 +234,6 @@ def candidate_plan(assets: ScoringAssets, pdf: pd.DataFrame, model=None, with_mo
     return candidate_columns(assets, pdf, probed), hidden
 
 
-def _reasons(assets: ScoringAssets, recent: np.ndarray, q: np.ndarray, rise: np.ndarray, chosen: np.ndarray,
-             known: bool, succ_wins: np.ndarray) -> tuple[list, list, list]:
-    """Per chosen item: the strongest source item among ``recent`` (ties: the more recent), the strongest category
-    (ties: by name) and the reason kind."""
-    via_p = np.zeros(len(chosen))
-    via_r = np.full(len(chosen), -1, dtype=np.int64)
-    for r in recent:
-        lo, hi = assets.succ_indptr[r], assets.succ_indptr[r + 1]
-        if hi == lo:
-            continue
-        pos, found = _positions(assets.succ_indices[lo:hi], chosen)
-        p = np.where(found, assets.succ_probs[lo + np.minimum(pos, hi - lo - 1)], 0.0)
-        better = p > via_p
-        via_p[better], via_r[better] = p[better], r
-    if len(q):
-        contrib = q[:, None] * assets.pic[:, chosen]
-        c, has_cat = contrib.argmax(axis=0), contrib.max(axis=0) > 0
-        rising = has_cat & (rise[c] > assets.rising_margin)
-    else:
-        c, has_cat = np.zeros(len(chosen), np.int64), np.zeros(len(chosen), bool)
-        rising = has_cat
-    if not known:
-        kinds = np.where(has_cat, POPULAR_IN, POPULAR)
-    else:
-        kinds = np.select([(via_r >= 0) & succ_wins, rising, has_cat], [SUCCESSOR, RISING, CATEGORY], POPULAR)
-    via_item = [int(assets.item_ids[r]) if r >= 0 else None for r in via_r]
-    via_cat = [assets.markov_categories[int(x)] if h else None for x, h in zip(c, has_cat, strict=True)]
-    return via_item, via_cat, list(kinds)
-
-
 def score_parts(assets: ScoringAssets, pdf: pd.DataFrame, model=None, cols: np.ndarray | None = None,
                 with_model: bool | None = None, hidden=None):
     """``(item_term, category_term, w, migration, model_p, known)`` over the catalogue (or candidates ``cols``).
@@ -274,7 +243,7 @@ def score_parts(assets: ScoringAssets, pdf: pd.DataFrame, model=None, cols: np.n
     ``hidden``: the known users' ``model_hidden``, when :func:`candidate_plan` computed it already.
     """
     item_term, cat_term, w = migration_terms(assets, pdf, cols)
-    migration = w[:, None] * item_term + (1.0 - w[:, None]) * cat_term
+    migration = kernels.migration_score(item_term, cat_term, w)
     known = _has_history(pdf)
     model_p = np.zeros_like(migration)
     if (assets.blend < 1.0 if with_model is None else with_model) and known.any():
@@ -312,23 +281,30 @@ def score_batch(assets: ScoringAssets, pdf: pd.DataFrame, model=None, candidates
     ids = assets.item_ids if cols is None else np.append(assets.item_ids, -1)[cols]
     best = top_k(score, ids, assets.k)
 
+    valid = best >= 0
+    at = np.where(valid, best, 0)
+    chosen = np.where(valid, at if cols is None else np.take_along_axis(cols, at, axis=1), -1)
+    recent, _ = recent_matrix(assets, pdf)
+    q = np.stack([np.asarray(x, dtype=np.float64) for x in pdf["q"]])
+    rise = np.stack([np.zeros(q.shape[1]) if x is None else np.asarray(x, dtype=np.float64) for x in pdf["rise"]])
+    pick = lambda m: np.take_along_axis(m, at, axis=1)  # noqa: E731
+    via_r, via_c, kinds = kernels.reasons(
+        pick(item_term), pick(cat_term), w, recent, chosen, q, rise, assets.pic, known, assets.rising_margin,
+        assets.succ_indptr, assets.succ_indices, assets.succ_probs,
+    )
     out = []
-    for u, (user_id, items, q, rise) in enumerate(zip(pdf["user_id"], pdf["item_ids"], pdf["q"], pdf["rise"],
-                                                      strict=True)):
-        at = best[u][best[u] >= 0]
-        if len(at) == 0:
+    for u, user_id in enumerate(pdf["user_id"]):
+        ok = valid[u]
+        if not ok.any():
             continue
-        chosen = at if cols is None else cols[u, at]
-        recent = recent_indices(assets, items)
-        q = np.asarray(q, dtype=np.float64)
-        rise = np.zeros_like(q) if rise is None else np.asarray(rise, dtype=np.float64)
-        succ_wins = w[u] * item_term[u, at] >= (1.0 - w[u]) * cat_term[u, at]
-        via_item, via_cat, kinds = _reasons(assets, recent[recent >= 0], q, rise, chosen, bool(known[u]), succ_wins)
+        vr, vc = via_r[u, ok], via_c[u, ok]
         out.append(pd.DataFrame({
-            "user_id": np.full(len(at), int(user_id), np.int64), "rank": np.arange(1, len(at) + 1, dtype=np.int32),
-            "item_id": assets.item_ids[chosen], "score": score[u, at], "model_score": model_p[u, at],
-            "migration_score": migration[u, at], "via_item": pd.array(via_item, dtype="Int64"),
-            "via_category": via_cat, "reason_kind": kinds,
+            "user_id": np.full(ok.sum(), int(user_id), np.int64), "rank": np.arange(1, ok.sum() + 1, dtype=np.int32),
+            "item_id": assets.item_ids[chosen[u, ok]], "score": score[u, at[u, ok]],
+            "model_score": model_p[u, at[u, ok]], "migration_score": migration[u, at[u, ok]],
+            "via_item": pd.array([int(assets.item_ids[r]) if r >= 0 else None for r in vr], dtype="Int64"),
+            "via_category": [assets.markov_categories[int(c)] if c >= 0 else None for c in vc],
+            "reason_kind": list(kinds[u, ok]),
         }))
     return pd.concat(out, ignore_index=True) if out else pd.DataFrame(columns=columns)
 

@@ -18,7 +18,7 @@ from pyspark.sql import functions as F
 
 from driftrec import lakehouse, registry
 from driftrec.config import Config, SyntheticConfig
-from driftrec.migration.scoring import load_markov_state, markov_scores
+from driftrec.migration.scoring import load_markov_state
 from driftrec.models.batches import interest_matrix
 from driftrec.models.checkpoint import load_checkpoint
 from driftrec.models.sasrec import pad_left
@@ -26,6 +26,7 @@ from driftrec.serving import ModelVersionError
 from driftrec.synthetic import generate
 from driftrec.tables import EVENTS, RECOMMENDATIONS, USER_DRIFT, USER_INTEREST
 from tests.conftest import make_conf
+from tests.reference_migration import markov_scores
 from tests.transfer_helpers import load
 
 pytestmark = pytest.mark.slow  # a real migration night, a Ray Train run and Spark scoring
@@ -86,7 +87,8 @@ def scenario(spark, tmp_path_factory) -> Scenario:
 
 
 def _reference(spark, conf: Config, checkpoint: str) -> pd.DataFrame:
-    """Plain torch for the model, the engine's own Spark ``markov_scores`` for migration, numpy for the rest."""
+    """Plain torch for the model, the Spark reference ``markov_scores`` (tests/reference_migration) for migration,
+    numpy for the rest."""
     t = conf.topk
     model, space, _ = load_checkpoint(checkpoint)
     ev = lakehouse.read_table(spark, conf, EVENTS)
@@ -110,7 +112,8 @@ def _reference(spark, conf: Config, checkpoint: str) -> pd.DataFrame:
 
     state = load_markov_state(spark, conf, DAY)
     cand = spark.createDataFrame([(u, int(i)) for u in users for i in space.item_ids], "user_id bigint, item_id bigint")
-    mk = markov_scores(cand, ev.select("user_id", "item_id", "event_ts"), state, conf.migration).toPandas()
+    mk = markov_scores(cand, ev.select("user_id", "item_id", "event_ts"), state, conf.migration,
+                       conf.topk.rising_margin).toPandas()
     migration = mk.pivot(index="user_id", columns="item_id", values="score").reindex(index=users,
                                                                                        columns=space.item_ids)
     score = (1 - t.blend_weight) * p_model + t.blend_weight * migration.to_numpy()
@@ -133,7 +136,7 @@ def test_topk_equals_a_plain_torch_reference(spark, scenario):
     ref = _reference(spark, s.conf, registry.current(spark, s.conf, s.conf.training.model_name)["checkpoint"])
     assert list(ref["user_id"]) == list(got["user_id"])
     # Users the migration state has not absorbed (their events predate the first migrated night) get an interest
-    # inferred from their items' categories, which the engine's markov_scores does not do: compared apart below.
+    # inferred from their items' categories, which the reference markov_scores does not do: compared apart below.
     stateful = set(lakehouse.read_table(spark, s.conf, USER_INTEREST).select("user_id").distinct().toPandas()["user_id"])
     same, ref_s = got[got["user_id"].isin(stateful)], ref[ref["user_id"].isin(stateful)]
     assert ref_s["user_id"].nunique() > 20

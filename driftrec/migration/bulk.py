@@ -3,8 +3,9 @@
 A history of thousands of distinct days (ml-latest-small spans 4,110) would cost thousands of nightly runs. Most
 of the state is linear in the events: a decayed count as of the cutoff is ``sum_e n_e * 2^(-(cutoff - d_e)/T)``,
 one aggregation (:func:`transitions.counts_from_scratch`). Only a user's interest ``p`` is a recurrence over the
-user's active days; it runs per user in a cogrouped pandas UDF on the same numpy kernels the Spark transforms are
-tested against. Two simplifications against the nightly engine, both leak-free (nothing after the cutoff is read):
+user's active days; it runs in a cogrouped pandas UDF over buckets of users, each bucket one batched call of
+:func:`kernels.interest_recurrence`. Two simplifications against the nightly engine, both leak-free (nothing
+after the cutoff is read):
 
 * the global category matrix ``P_g`` and popularity ``g`` inside the recurrence are their values at the cutoff,
   not on each night;
@@ -26,7 +27,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from driftrec.config import MigrationConfig
-from driftrec.migration import drift, fit, kernels
+from driftrec.migration import drift, fit, interest, kernels
 from driftrec.migration import transitions as tr
 
 RECURRENCE_SCHEMA = (
@@ -72,48 +73,71 @@ def _dense(cats: list[str], pairs: pd.DataFrame | None = None, cells: pd.DataFra
     return m
 
 
+def _day_numbers(dates: pd.Series) -> np.ndarray:
+    return pd.to_datetime(dates).to_numpy().astype("datetime64[D]").astype(np.int64)
+
+
 def interest_recurrence(cats: list[str], g: np.ndarray, global_p: np.ndarray, m: MigrationConfig, a: float, b: float):
-    """The per-user function for ``cogroup(evidence, pairs).applyInPandas``: rows of :data:`RECURRENCE_SCHEMA`.
+    """The function for ``cogroup(evidence, pairs).applyInPandas`` over a bucket of users: rows of
+    :data:`RECURRENCE_SCHEMA`, from one :func:`kernels.interest_recurrence` call for all the bucket's users.
 
     ``kind = 'fit'``: a held-out cell (a day with a prior, ``n > 0``) with the prior's inputs; ``kind = 'state'``:
     the user's K cells after their last active day (``p`` before it, ``p_new`` after, decayed evidence as of it).
+    Transitions on a day without category evidence are not read (there is no step for them to follow).
     """
-    index = {c: i for i, c in enumerate(cats)}
+    index = pd.Index(cats)
+    columns = [c.split()[0] for c in RECURRENCE_SCHEMA.split(", ")]
+    k = len(cats)
 
-    def per_user(evidence: pd.DataFrame, pairs: pd.DataFrame) -> pd.DataFrame:
+    def per_bucket(evidence: pd.DataFrame, pairs: pd.DataFrame) -> pd.DataFrame:
         if evidence.empty:
-            return pd.DataFrame(columns=[c.split()[0] for c in RECURRENCE_SCHEMA.split(", ")])
-        user = int(evidence["user_id"].iloc[0])
-        ev_days = evidence.groupby("event_date")
-        pair_days = dict(tuple(pairs.groupby("to_date"))) if not pairs.empty else {}
-        p, counts = g.copy(), np.zeros_like(global_p)
-        rt, lt = np.zeros(len(cats)), np.zeros(len(cats))
-        last_day, has_prev = None, False
-        fit_rows = []
-        for day, cells in ev_days:
-            gap = 0.0 if last_day is None else float((day - last_day).days)
-            counts = kernels.decay(counts, gap, m.half_life_days)
-            rt, lt = kernels.decay(rt, gap, m.recent_half_life_days), kernels.decay(lt, gap, m.baseline_half_life_days)
-            n = np.zeros(len(cats))
-            np.add.at(n, cells["category"].map(index).to_numpy(), cells["n"].to_numpy())
-            mig = kernels.migration_term(p, kernels.shrunk_rows(counts, global_p, m.shrinkage_strength))
-            if has_prev:
-                for k in np.flatnonzero(n > 0):
-                    fit_rows.append((user, "fit", day, cats[k], p[k], mig[k], g[k], n[k], np.nan, np.nan, np.nan))
-            p_before, mig_before = p, mig
-            p = kernels.update_interest(p, kernels.shrunk_rows(counts, global_p, m.shrinkage_strength), g, a, b, n,
-                                        m.prior_strength)
-            rt, lt = rt + n, lt + n
-            if day in pair_days:
-                counts = counts + _dense(cats, pairs=pair_days[day])
-            last_day, has_prev, n_last = day, True, n
-        state_rows = [
-            (user, "state", last_day, cats[k], p_before[k], mig_before[k], g[k], n_last[k], p[k], rt[k], lt[k])
-            for k in range(len(cats))
-        ]
-        return pd.DataFrame(fit_rows + state_rows, columns=[c.split()[0] for c in RECURRENCE_SCHEMA.split(", ")])
+            return pd.DataFrame(columns=columns)
+        users, user_of = np.unique(evidence["user_id"].to_numpy(np.int64), return_inverse=True)
+        day = _day_numbers(evidence["event_date"])
+        span = int(day.max() - day.min()) + 1
+        key = user_of.astype(np.int64) * span + (day - day.min())
+        keys, row_of = np.unique(key, return_inverse=True)  # sorted by user, then day: the kernel's rows
+        row_user, row_day = keys // span, (keys % span + day.min()).astype(np.float64)
+        ev = np.zeros((len(keys), k))
+        np.add.at(ev, (row_of, index.get_indexer(evidence["category"])), evidence["n"].to_numpy(np.float64))
+        starts = np.searchsorted(row_user, np.arange(len(users) + 1))
+        if pairs.empty:
+            pair_arrays = (np.zeros(0, np.int64),) * 3 + (np.zeros(0),)
+        else:
+            pair_user = pairs["user_id"].to_numpy(np.int64)
+            pu = np.minimum(np.searchsorted(users, pair_user), len(users) - 1)
+            offset = _day_numbers(pairs["to_date"]) - day.min()
+            pkey = pu * span + offset
+            at = np.minimum(np.searchsorted(keys, pkey), len(keys) - 1)
+            ok = (keys[at] == pkey) & (users[pu] == pair_user) & (offset >= 0) & (offset < span)
+            pair_arrays = (at[ok], index.get_indexer(pairs["from_cat"])[ok], index.get_indexer(pairs["to_cat"])[ok],
+                           pairs["n"].to_numpy(np.float64)[ok])
+        out = kernels.interest_recurrence(
+            starts, row_day, ev, pair_arrays, g, global_p, a, b,
+            half_life_days=m.half_life_days, recent_half_life_days=m.recent_half_life_days,
+            baseline_half_life_days=m.baseline_half_life_days, shrinkage_strength=m.shrinkage_strength,
+            prior_strength=m.prior_strength,
+        )
+        dates = pd.Series(row_day.astype(np.int64).astype("datetime64[D]")).dt.date.to_numpy()
+        has_prev = np.ones(len(keys), bool)
+        has_prev[starts[:-1]] = False
+        r, c = np.nonzero(has_prev[:, None] & (ev > 0))
+        last = starts[1:] - 1
+        sr, sc = np.repeat(last, k), np.tile(np.arange(k), len(last))
+        nan = np.full(len(r), np.nan)
+        fit_rows = pd.DataFrame({
+            "user_id": users[row_user[r]], "kind": "fit", "day": dates[r], "category": np.asarray(cats)[c],
+            "p": out["p"][r, c], "m": out["m"][r, c], "g": g[c], "n": ev[r, c], "p_new": nan, "rt_new": nan,
+            "lt_new": nan,
+        })
+        state_rows = pd.DataFrame({
+            "user_id": users[row_user[sr]], "kind": "state", "day": dates[sr], "category": np.asarray(cats)[sc],
+            "p": out["p"][sr, sc], "m": out["m"][sr, sc], "g": g[sc], "n": ev[sr, sc], "p_new": out["p_new"][sr, sc],
+            "rt_new": out["rt"][sr, sc], "lt_new": out["lt"][sr, sc],
+        })
+        return pd.concat([fit_rows, state_rows], ignore_index=True)[columns]
 
-    return per_user
+    return per_bucket
 
 
 def build_state(
@@ -153,10 +177,14 @@ def build_state(
     user_pairs = cat_pairs.groupBy("user_id", "from_cat", "to_cat", "to_date").agg(
         F.sum("n").alias("n")).localCheckpoint(eager=True)
 
+    # Users are hashed into buckets: each pandas call steps a whole bucket of users through the kernel at once.
+    bucket = interest.user_buckets(evidence)
+    evidence_b, user_pairs_b = evidence.select(bucket, "*"), user_pairs.select(bucket, "*")
+
     def recurrence(a: float, b: float) -> DataFrame:
         fn = interest_recurrence(cats, g, pg, m, a, b)
         return (
-            evidence.groupBy("user_id").cogroup(user_pairs.groupBy("user_id"))
+            evidence_b.groupBy("bucket").cogroup(user_pairs_b.groupBy("bucket"))
             .applyInPandas(fn, RECURRENCE_SCHEMA)
             .localCheckpoint(eager=True)
         )

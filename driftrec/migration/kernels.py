@@ -1,8 +1,11 @@
-"""Plain numpy versions of the engine's arithmetic.
+"""The migration engine's arithmetic, in one place: the interest recurrence, the terms of ``p(u, i, t+1)`` and the
+choice of a reason.
 
-They are the executable specification: Hypothesis property tests run on them, and the Spark code in the sibling
-modules is tested against them on small inputs. Categories are indices ``0..K-1``; a transition matrix ``P`` has
-``P[j, k] = P(next = k | previous = j)``.
+Every production path calls these functions (the one-pass rebuild, top-k scoring, evaluation), so a change of the
+formula is an edit of this module. They are batched: a function over a user's ``(K,)`` interest or ``(K, K)``
+matrix also takes ``(U, K)`` / ``(U, K, K)`` stacks, and the item terms read the successor matrix as CSR. Spark
+reference transforms in ``tests/reference_migration.py`` are checked against them on small inputs. Categories are
+indices ``0..K-1``; a transition matrix ``P`` has ``P[j, k] = P(next = k | previous = j)``.
 """
 
 from __future__ import annotations
@@ -12,13 +15,18 @@ import numpy as np
 LOG_FLOOR = 1e-300  # q is floored before the log so an impossible event costs a large, finite penalty
 
 
-def decay_factor(days: float, half_life_days: float) -> float:
-    """``2^(-days/T)``: the weight an observation keeps after ``days``."""
-    return float(2.0 ** (-days / half_life_days))
+def decay_factor(days, half_life_days: float):
+    """``2^(-days/T)``: the weight an observation keeps after ``days`` (a float, or an array of per-user gaps)."""
+    f = 2.0 ** (-np.asarray(days, dtype=np.float64) / half_life_days)
+    return float(f) if f.ndim == 0 else f
 
 
-def decay(counts: np.ndarray, days: float, half_life_days: float) -> np.ndarray:
-    return counts * decay_factor(days, half_life_days)
+def decay(counts: np.ndarray, days, half_life_days: float) -> np.ndarray:
+    """``counts`` decayed by ``days``; with per-user ``days`` (U,) the leading axis of ``counts`` is the user."""
+    f = decay_factor(days, half_life_days)
+    if np.ndim(f):
+        f = np.reshape(f, f.shape + (1,) * (np.ndim(counts) - 1))
+    return counts * f
 
 
 def decayed_update(prev: np.ndarray, days: float, half_life_days: float, new: np.ndarray) -> np.ndarray:
@@ -33,8 +41,10 @@ def smoothed_rows(counts: np.ndarray, alpha: float) -> np.ndarray:
 
 
 def shrunk_rows(user_counts: np.ndarray, global_p: np.ndarray, strength: float) -> np.ndarray:
-    """User matrix ``(C_u[j,k] + s*P_g[j,k]) / (n_u[j] + s)``: a row with no evidence is the global row."""
-    n = user_counts.sum(axis=1, keepdims=True)
+    """User matrix ``(C_u[j,k] + s*P_g[j,k]) / (n_u[j] + s)``: a row with no evidence is the global row.
+
+    ``user_counts`` is (K, K) or a (U, K, K) stack of users."""
+    n = user_counts.sum(axis=-1, keepdims=True)
     denom = n + strength
     with np.errstate(invalid="ignore", divide="ignore"):
         rows = (user_counts + strength * global_p) / denom
@@ -42,13 +52,27 @@ def shrunk_rows(user_counts: np.ndarray, global_p: np.ndarray, strength: float) 
 
 
 def migration_term(p: np.ndarray, transition: np.ndarray) -> np.ndarray:
-    """``sum_j p_j P(.|j)``: where the interest mass flows in one step."""
-    return p @ transition
+    """``sum_j p_j P(.|j)``: where the interest mass flows in one step; (K,) @ (K, K) or (U, K) with (U, K, K)."""
+    if np.ndim(p) == 1 and np.ndim(transition) == 2:
+        return p @ transition
+    return np.einsum("...j,...jk->...k", p, transition)
+
+
+def prior_from_terms(p, m, g, a, b):
+    """``q = a*p + b*m + (1-a-b)*g`` from the migration term ``m``: THE prior formula.
+
+    Works on numpy arrays and, unchanged, on Spark columns (``fit`` and the nightly log-likelihood use it so)."""
+    return a * p + b * m + (1.0 - a - b) * g
 
 
 def prior(p: np.ndarray, transition: np.ndarray, g: np.ndarray, a: float, b: float) -> np.ndarray:
     """Prediction for the next day: ``a*p + b*p.P + (1-a-b)*g`` (``g``: global category popularity)."""
-    return a * p + b * migration_term(p, transition) + (1.0 - a - b) * g
+    return prior_from_terms(p, migration_term(p, transition), g, a, b)
+
+
+def posterior(q: np.ndarray, evidence: np.ndarray, prior_strength: float) -> np.ndarray:
+    """``p_new = (kappa*q + n) / (kappa + N)``: the prior weighted ``kappa`` plus the day's counts, per user row."""
+    return (prior_strength * q + evidence) / (prior_strength + evidence.sum(axis=-1, keepdims=True))
 
 
 def update_interest(
@@ -61,8 +85,7 @@ def update_interest(
     prior_strength: float,
 ) -> np.ndarray:
     """The night's move: the prior, weighted ``prior_strength``, plus the day's category counts, renormalised."""
-    q = prior(p, transition, g, a, b)
-    return (prior_strength * q + evidence) / (prior_strength + evidence.sum())
+    return posterior(prior(p, transition, g, a, b), evidence, prior_strength)
 
 
 def log_likelihood(
@@ -75,11 +98,11 @@ def log_likelihood(
 
 def js_divergence(p: np.ndarray, q: np.ndarray) -> float:
     """Jensen-Shannon divergence in bits, in ``[0, 1]``."""
-    m = 0.5 * (p + q)
+    total = p + q  # log2(x / ((p+q)/2)) as log2(x) + 1 - log2(p+q): no underflow of (p+q)/2 for subnormal x
 
     def kl(x: np.ndarray) -> float:
         mask = x > 0
-        return float((x[mask] * np.log2(x[mask] / m[mask])).sum())
+        return float((x[mask] * (np.log2(x[mask]) + 1.0 - np.log2(total[mask]))).sum())
 
     return 0.5 * kl(p) + 0.5 * kl(q)
 
@@ -101,3 +124,169 @@ def successor_row(counts: np.ndarray, popularity: np.ndarray, smoothing: float, 
     keep = [j for j in np.lexsort((np.arange(n_items), -raw)) if raw[j] > 0][:top_n]
     keep = np.array(keep, dtype=int)
     return keep, raw[keep] / raw[keep].sum()
+
+
+# --- The interest recurrence over many users at once --------------------------------------------------------------
+
+
+def interest_recurrence(
+    starts: np.ndarray,
+    days: np.ndarray,
+    evidence: np.ndarray,
+    pairs: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    g: np.ndarray,
+    global_p: np.ndarray,
+    a: float,
+    b: float,
+    *,
+    half_life_days: float,
+    recent_half_life_days: float,
+    baseline_half_life_days: float,
+    shrinkage_strength: float,
+    prior_strength: float,
+) -> dict[str, np.ndarray]:
+    """Every user's interest over their active days, all users of a batch stepped together.
+
+    Rows are user-days sorted by user then day; user ``u`` owns rows ``starts[u]:starts[u+1]`` (``starts`` has
+    U + 1 entries). ``days`` (R,) are day numbers, ``evidence`` (R, K) the day's category counts, ``pairs`` =
+    ``(row, from, to, n)`` the category transitions that arrive on a row's day (added to the user's counts after
+    that day's update). A user starts from ``g`` with no counts. Returns (R, K) arrays per row: ``p`` (interest
+    before the day), ``m`` (migration term before it), ``p_new``, ``rt``, ``lt`` (decayed evidence after it).
+    """
+    starts = np.asarray(starts, dtype=np.int64)
+    n_users, k = len(starts) - 1, len(g)
+    lengths = np.diff(starts)
+    rows = starts[-1]
+    out = {name: np.zeros((rows, k)) for name in ("p", "m", "p_new", "rt", "lt")}
+    p = np.tile(np.asarray(g, dtype=np.float64), (n_users, 1))
+    counts = np.zeros((n_users, k, k))
+    rt, lt = np.zeros((n_users, k)), np.zeros((n_users, k))
+    last = np.zeros(n_users)
+    p_row, p_from, p_to, p_n = (np.asarray(x) for x in pairs)
+    p_user = np.searchsorted(starts, p_row, side="right") - 1
+    p_step = p_row - starts[p_user]
+    order = np.argsort(p_step, kind="stable")
+    p_bounds = np.searchsorted(p_step[order], np.arange(int(lengths.max(initial=0)) + 1))
+    for step in range(int(lengths.max(initial=0))):
+        users = np.flatnonzero(lengths > step)
+        r = starts[users] + step
+        gap = days[r] - last[users] if step else np.zeros(len(users))
+        c = decay(counts[users], gap, half_life_days)
+        rt_u = decay(rt[users], gap, recent_half_life_days)
+        lt_u = decay(lt[users], gap, baseline_half_life_days)
+        n = evidence[r]
+        mig = migration_term(p[users], shrunk_rows(c, global_p, shrinkage_strength))
+        out["p"][r], out["m"][r] = p[users], mig
+        p[users] = posterior(prior_from_terms(p[users], mig, g, a, b), n, prior_strength)
+        rt[users], lt[users] = rt_u + n, lt_u + n
+        out["p_new"][r], out["rt"][r], out["lt"][r] = p[users], rt[users], lt[users]
+        sel = order[p_bounds[step] : p_bounds[step + 1]]
+        np.add.at(c, (np.searchsorted(users, p_user[sel]), p_from[sel], p_to[sel]), p_n[sel])
+        counts[users], last[users] = c, days[r]
+    return out
+
+
+# --- p(u, i, t+1) = w * item_term + (1 - w) * category_term, and its reason ----------------------------------------
+
+
+def csr_lookup(indptr: np.ndarray, indices: np.ndarray, values: np.ndarray, rows: np.ndarray,
+               targets: np.ndarray | None = None, n: int | None = None) -> np.ndarray:
+    """``M[rows[b], targets[b, m]]`` of a CSR matrix with ascending column indices per row: (B, M), 0 where absent.
+
+    ``rows[b] < 0`` is an empty row; ``targets`` may hold ``n`` (padding). Without ``targets`` the dense rows
+    (B, n) come back. No loop over ``b``: the gathered segments are searched as one sorted array.
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    n = len(indptr) - 1 if n is None else n
+    lo = np.where(rows >= 0, indptr[np.maximum(rows, 0)], 0)
+    lengths = np.where(rows >= 0, indptr[np.maximum(rows, 0) + 1] - lo, 0)
+    owner = np.repeat(np.arange(len(rows)), lengths)
+    pos = np.repeat(lo - np.cumsum(lengths) + lengths, lengths) + np.arange(lengths.sum())
+    if targets is None:
+        out = np.zeros((len(rows), n))
+        out[owner, indices[pos]] = values[pos]
+        return out
+    targets = np.asarray(targets, dtype=np.int64)
+    keys = owner * (n + 1) + indices[pos]
+    want = np.arange(len(rows))[:, None] * (n + 1) + targets
+    at = np.minimum(np.searchsorted(keys, want), max(len(keys) - 1, 0))
+    if len(keys) == 0:
+        return np.zeros(targets.shape)
+    return np.where(keys[at] == want, values[pos][at], 0.0)
+
+
+def item_term(recent: np.ndarray, n_recent: np.ndarray, succ_indptr: np.ndarray, succ_indices: np.ndarray,
+              succ_probs: np.ndarray, n: int, cols: np.ndarray | None = None) -> np.ndarray:
+    """Mean successor probability ``(1/L_u) sum_r P(i | r)`` over each user's recent items: (B, n) or (B, M).
+
+    ``recent`` (B, L) item indices, most recent first, -1 for none/unknown; ``n_recent`` (B,) the divisor ``L_u``
+    (0: no item term); ``cols`` (B, M) candidate indices ascending per row, padded with ``n``.
+    """
+    recent = np.asarray(recent, dtype=np.int64).reshape(len(n_recent), -1)
+    out = np.zeros((len(n_recent), n if cols is None else cols.shape[1]))
+    for slot in range(recent.shape[1]):
+        out += csr_lookup(succ_indptr, succ_indices, succ_probs, recent[:, slot], cols, n)
+    return out / np.maximum(np.asarray(n_recent, dtype=np.float64), 1.0)[:, None]
+
+
+def category_term(q: np.ndarray, pic: np.ndarray, cols: np.ndarray | None = None) -> np.ndarray:
+    """``sum_c q_u(c) P(i | c)``: (B, C) @ (C, n), or over candidates ``cols`` (B, M, padded with n -> 0)."""
+    if cols is None:
+        return q @ pic
+    pic_t = np.vstack([pic.T, np.zeros((1, pic.shape[0]))])
+    return np.einsum("bc,bmc->bm", q, pic_t[cols])
+
+
+def item_weight(has_recent: np.ndarray, weight: float) -> np.ndarray:
+    """``w``: the item term's weight, 0 for a user with no recent items (the category term then carries it all)."""
+    return np.where(np.asarray(has_recent, dtype=bool), float(weight), 0.0)
+
+
+def migration_score(item: np.ndarray, category: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """``p(u, i, t+1) = w * item_term + (1 - w) * category_term`` with per-user ``w`` (B,)."""
+    w = np.asarray(w, dtype=np.float64)[:, None]
+    return w * item + (1.0 - w) * category
+
+
+SUCCESSOR, RISING, CATEGORY, POPULAR_IN, POPULAR = "successor", "rising", "category", "popular_in", "popular"
+
+
+def reasons(item: np.ndarray, category: np.ndarray, w: np.ndarray, recent: np.ndarray, chosen: np.ndarray,
+            q: np.ndarray, rise: np.ndarray, pic: np.ndarray, known: np.ndarray, rising_margin: float,
+            succ_indptr: np.ndarray, succ_indices: np.ndarray, succ_probs: np.ndarray):
+    """The reason for each chosen item: ``(via_item, via_cat, kind)``, each (B, M).
+
+    ``item``/``category`` are the two terms at the chosen items, ``chosen`` (B, M) item indices (-1 = none).
+    ``via_item``: the recent item (index, -1 none) with the largest ``P(i | r)``, ties to the more recent;
+    ``via_cat``: the category with the largest ``q(c) P(i | c)``, ties to the lower index, -1 when none counts.
+    ``kind``: the successor when the item term's share wins, else "rising" when that category's recent profile
+    runs ``rising_margin`` above the long-term one, else the category, else popularity; a user without history
+    (``known`` False) gets "popular_in" their category or "popular".
+    """
+    chosen = np.asarray(chosen, dtype=np.int64)
+    recent = np.asarray(recent, dtype=np.int64).reshape(len(chosen), -1)
+    n = pic.shape[1]
+    targets = np.where(chosen >= 0, chosen, n)
+    via_p, via_r = np.zeros(chosen.shape), np.full(chosen.shape, -1, np.int64)
+    for slot in range(recent.shape[1]):
+        p = csr_lookup(succ_indptr, succ_indices, succ_probs, recent[:, slot], targets, n)
+        better = p > via_p
+        via_p = np.where(better, p, via_p)
+        via_r = np.where(better, recent[:, slot][:, None], via_r)
+    if pic.shape[0]:
+        pic_t = np.vstack([pic.T, np.zeros((1, pic.shape[0]))])
+        contrib = q[:, None, :] * pic_t[targets]  # (B, M, C)
+        c, has_cat = contrib.argmax(axis=2), contrib.max(axis=2) > 0
+        rising = has_cat & (np.take_along_axis(rise, c, axis=1) > rising_margin)
+    else:
+        c, has_cat = np.zeros(chosen.shape, np.int64), np.zeros(chosen.shape, bool)
+        rising = has_cat
+    w = np.asarray(w, dtype=np.float64)[:, None]
+    succ_wins = w * item >= (1.0 - w) * category
+    known = np.asarray(known, dtype=bool)[:, None]
+    kind = np.where(
+        known,
+        np.select([(via_r >= 0) & succ_wins, rising, has_cat], [SUCCESSOR, RISING, CATEGORY], POPULAR),
+        np.where(has_cat, POPULAR_IN, POPULAR),
+    )
+    return via_r, np.where(has_cat, c, -1), kind

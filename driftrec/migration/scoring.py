@@ -1,15 +1,9 @@
-"""Markov scores ``p(u, i, t+1)`` for candidate items, with a short reason, from the engine's tables.
+"""The inputs of the Markov score ``p(u, i, t+1)`` from the engine's tables, and the reason sentences.
 
-``score = w * item_term + (1 - w) * category_term`` (``w = 0`` for a user with no recent items) where
-
-* ``item_term = mean over the user's last L items r of P(i | r)`` (global item successors), and
-* ``category_term = sum_c q_u(c) * P(i | c)``, with ``q_u = a*p + b*p.P_u + (1-a-b)*g`` the predicted
-  next-step interest and ``P(i | c)`` ∝ ``share_i(c) * (decayed events of i + 1)`` inside category ``c``.
-
-Both terms are distributions over the catalogue, so the score is one too when every item is a candidate. The
-reason names the larger term: "people who watched <title> next watched this", "your interest in <c> is rising"
-(recent profile above the long-term one), or "you often watch <c>". Used by the top-k job and, on its own,
-as the Markov baseline in evaluation.
+``score = w * item_term + (1 - w) * category_term`` is computed by :mod:`driftrec.migration.kernels` (inside the
+top-k scorer, :mod:`spark_udfs.topk`, which evaluation runs too). This module loads the state it reads
+(:func:`load_markov_state`), the predicted next-step interest ``q_u`` with the ``rise`` the reasons use
+(:func:`predicted_interest`), ``P(i | c)`` (:func:`category_item_probs`) and turns a reason kind into text.
 """
 
 from __future__ import annotations
@@ -34,9 +28,6 @@ from driftrec.tables import (
     USER_INTEREST,
     USER_TRANSITIONS,
 )
-
-RISING_MARGIN = 0.05  # interest this far above the long-term profile counts as rising in a reason
-
 
 @dataclass(frozen=True)
 class MarkovState:
@@ -83,91 +74,6 @@ def load_markov_state(spark: SparkSession, conf: Config, as_of: dt.date) -> Mark
     )
 
 
-def markov_scores(
-    candidates: DataFrame, recent: DataFrame, state: MarkovState, mconf: MigrationConfig
-) -> DataFrame:
-    """``candidates(user_id, item_id)`` + ``recent(user_id, item_id, event_ts)`` -> ``(user_id, item_id, score, reason)``.
-
-    ``recent`` may hold a user's whole history: only the last ``mconf.recent_items`` (ties by item id) are used.
-    Users with no interest state get the global popularity ``g`` as interest.
-    """
-    tr.require_columns(candidates, ("user_id", "item_id"), "markov_scores candidates")
-    tr.require_columns(recent, ("user_id", "item_id", "event_ts"), "markov_scores recent")
-    w = float(mconf.item_term_weight)
-    users = candidates.select("user_id").distinct()
-
-    # Item term: mean successor probability from the last L items; remember the strongest source for the reason.
-    last = Window.partitionBy("user_id").orderBy(F.col("event_ts").desc(), F.col("item_id").desc())
-    recent_l = (
-        recent.join(users, "user_id", "left_semi")
-        .select("user_id", "item_id", "event_ts", F.row_number().over(last).alias("pos"))
-        .where(F.col("pos") <= mconf.recent_items)
-    )
-    n_recent = recent_l.groupBy("user_id").agg(F.count(F.lit(1)).alias("n_recent"))
-    strongest = Window.partitionBy("user_id", "item_id").orderBy(F.col("prob").desc(), F.col("pos"))
-    via_items = (
-        recent_l.select("user_id", F.col("item_id").alias("from_item"), "pos")
-        .join(state.item_successors, "from_item")
-        .withColumnRenamed("to_item", "item_id")
-        .join(candidates.select("user_id", "item_id"), ["user_id", "item_id"], "left_semi")
-        .withColumn("r", F.row_number().over(strongest))
-        .groupBy("user_id", "item_id")
-        .agg(F.sum("prob").alias("prob_sum"), F.max(F.when(F.col("r") == 1, F.col("from_item"))).alias("via_item"))
-        .join(n_recent, "user_id")
-        .select("user_id", "item_id", (F.col("prob_sum") / F.col("n_recent")).alias("item_term"), "via_item")
-    )
-
-    # Category term: predicted next-step interest q_u times popularity inside the category.
-    q = predicted_interest(users, state, mconf)
-    pop_in_cat = category_item_probs(state, mconf)
-    top_cat = Window.partitionBy("user_id", "item_id").orderBy(F.col("contrib").desc(), F.col("category"))
-    via_cats = (
-        candidates.select("user_id", "item_id")
-        .join(pop_in_cat, "item_id")
-        .join(q, ["user_id", "category"])
-        .withColumn("contrib", F.col("q") * F.col("pic"))
-        .withColumn("r", F.row_number().over(top_cat))
-        .groupBy("user_id", "item_id")
-        .agg(
-            F.sum("contrib").alias("cat_term"),
-            F.max(F.when(F.col("r") == 1, F.col("category"))).alias("via_cat"),
-            F.max(F.when(F.col("r") == 1, F.col("rise"))).alias("rise"),
-        )
-    )
-
-    # Both terms are computed once and cut from the lineage: the combined plan is too deep to re-plan cheaply.
-    via_items = via_items.localCheckpoint(eager=True)
-    via_cats = via_cats.localCheckpoint(eager=True)
-    scored = (
-        candidates.select("user_id", "item_id")
-        .join(n_recent, "user_id", "left")
-        .join(via_items, ["user_id", "item_id"], "left")
-        .join(via_cats, ["user_id", "item_id"], "left")
-        .join(state.titles.select(F.col("item_id").alias("via_item"), F.col("title").alias("via_title")),
-              "via_item", "left")
-        .select(
-            "user_id", "item_id", "via_item", "via_title", "via_cat", "rise",
-            # A user with no recent items has no item term: the category term then carries all the weight.
-            F.when(F.col("n_recent").isNull(), F.lit(0.0)).otherwise(F.lit(w)).alias("w"),
-            F.coalesce(F.col("item_term"), F.lit(0.0)).alias("item_term"),
-            F.coalesce(F.col("cat_term"), F.lit(0.0)).alias("cat_term"),
-        )
-    )
-    score = F.col("w") * F.col("item_term") + (F.lit(1.0) - F.col("w")) * F.col("cat_term")
-    kind = (
-        F.when(
-            F.col("via_item").isNotNull()
-            & (F.col("w") * F.col("item_term") >= (F.lit(1.0) - F.col("w")) * F.col("cat_term")),
-            F.lit("successor"),
-        )
-        .when(F.col("rise") > RISING_MARGIN, F.lit("rising"))
-        .when(F.col("via_cat").isNotNull(), F.lit("category"))
-        .otherwise(F.lit("popular"))
-    )
-    reason = reason_text(kind, F.col("via_item"), F.col("via_title"), F.col("via_cat"))
-    return scored.select("user_id", "item_id", score.alias("score"), reason.alias("reason"))
-
-
 def reason_text(kind: Column, via_item: Column, via_title: Column, via_cat: Column) -> Column:
     """The sentence for a reason kind: successor | rising | category | popular_in (cold start) | popular."""
     title = F.coalesce(via_title, F.concat(F.lit("item "), via_item.cast("string")))
@@ -183,42 +89,30 @@ def reason_text(kind: Column, via_item: Column, via_title: Column, via_cat: Colu
 def predicted_interest(users: DataFrame, state: MarkovState, mconf: MigrationConfig) -> DataFrame:
     """``(user_id, category, q, rise)`` for ``users(user_id)``, dense over the categories.
 
-    ``q = a*p + b*p.P_u + (1-a-b)*g`` is the predicted next-step interest (``g`` for a user without state);
-    ``rise`` is the recent profile minus the long-term one, which the reasons use.
+    ``q = a*p + b*p.P_u + (1-a-b)*g`` is the predicted next-step interest (``g`` for a user without state), its
+    migration term computed by the kernel (:func:`interest.interest_frame`); ``rise`` is the recent profile minus
+    the long-term one, which the reasons use.
     """
     mc = mconf
     g = tr.category_popularity(state.global_matrix, mc.category_smoothing)
-    cats = g.select("category")
-    user_interest = state.interest.join(users, "user_id", "left_semi")
-    known = user_interest.select("user_id").distinct().withColumn("known", F.lit(True))
-    dense = (
-        users.crossJoin(cats)
-        .join(user_interest, ["user_id", "category"], "left")
-        .join(known, "user_id", "left")
-        .join(F.broadcast(g), "category")
-        .select(
-            "user_id", "category", "g",
-            F.when(F.col("known").isNull(), F.col("g")).otherwise(F.coalesce(F.col("p"), F.lit(0.0))).alias("p"),
-            F.coalesce(F.col("recent_count"), F.lit(0.0)).alias("rt"),
-            F.coalesce(F.col("long_term_count"), F.lit(0.0)).alias("lt"),
-        )
+    cats, g_arr, pg = interest.dense_categories(g, state.global_matrix)
+    null = F.lit(None).cast("double")
+    cells = users.select("user_id", F.lit(None).cast("string").alias("category"), null.alias("p"), null.alias("rt"),
+                         null.alias("lt"), null.alias("n")).unionByName(
+        state.interest.join(users, "user_id", "left_semi").select(
+            "user_id", "category", "p", F.col("recent_count").alias("rt"), F.col("long_term_count").alias("lt"),
+            null.alias("n"))
     )
-    mig = interest.migration_term(
-        dense.select("user_id", "category", "p"),
-        state.user_counts.join(users, "user_id", "left_semi"),
-        state.global_matrix,
-        mc.shrinkage_strength,
+    frame = interest.interest_frame(
+        cells, state.user_counts.join(users, "user_id", "left_semi"), cats, g_arr, pg, mc.shrinkage_strength
     )
     per_user = Window.partitionBy("user_id").rowsBetween(Window.unboundedPreceding, Window.unboundedFollowing)
-    return (
-        dense.join(mig, ["user_id", "category"], "left")
-        .withColumn("m", F.coalesce(F.col("m"), F.lit(0.0)))
-        .select(
-            "user_id", "category",
-            interest.prior_column(state.a, state.b).alias("q"),
-            (drift.profile(F.col("rt"), F.col("g"), mc.drift_smoothing, F.sum("rt").over(per_user))
-             - drift.profile(F.col("lt"), F.col("g"), mc.drift_smoothing, F.sum("lt").over(per_user))).alias("rise"),
-        )
+    rt, lt = F.col("rt_prev"), F.col("lt_prev")
+    return frame.select(
+        "user_id", "category",
+        interest.prior_column(state.a, state.b).alias("q"),
+        (drift.profile(rt, F.col("g"), mc.drift_smoothing, F.sum(rt).over(per_user))
+         - drift.profile(lt, F.col("g"), mc.drift_smoothing, F.sum(lt).over(per_user))).alias("rise"),
     )
 
 
