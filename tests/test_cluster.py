@@ -130,6 +130,10 @@ def clusters():
         procs.append(p)
         return p
 
+    def _terminate(signum, frame):
+        raise SystemExit(f"terminated by signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, _terminate)  # a `timeout` kill still runs the teardown below
     try:
         # ---- Spark standalone: one master, two workers of 1 core / 2g each ----
         spark_env = _clean_env(SPARK_LOG_DIR=str(logs), SPARK_WORKER_OPTS="-Dspark.worker.cleanup.enabled=false")
@@ -160,7 +164,7 @@ def clusters():
         common = ["--num-cpus=1", "--node-ip-address=127.0.0.1", "--object-store-memory=200000000",
                   "--disable-usage-stats"]
         head = launch("ray-head", [str(BIN / "ray"), "start", "--head", f"--port={gcs}", f"--temp-dir={base / 'ray'}",
-                                   "--include-dashboard=false", f"--ray-client-server-port={_free_port()}",
+                                   "--include-dashboard=false",
                                    f"--dashboard-agent-listen-port={_free_port()}", *common], ray_env)
         assert head.wait(timeout=180) == 0, (logs / "ray-head.log").read_text()[-3000:]
         node = launch("ray-node", [str(BIN / "ray"), "start", f"--address={ray_address}",
@@ -175,6 +179,7 @@ def clusters():
         yield Clusters(master, spark_ui, worker_dirs, ray_address, ray_env)
     finally:
         _kill_groups(procs, marker)
+        signal.signal(signal.SIGTERM, previous)
         shutil.rmtree(base, ignore_errors=True)
 
 
@@ -188,13 +193,29 @@ def _code_zip(dest: Path) -> Path:
     return dest
 
 
-def _submit(c: Clusters, cwd: Path, code: Path, job: str, *args: str) -> subprocess.CompletedProcess:
+def _submit(c: Clusters, cwd: Path, code: Path, job: str, *args: str) -> tuple[int, str]:
+    """spark-submit one job the way infra/spark/submit.sh does, with the example spark-defaults.conf sized down."""
+    sized = {"spark.executor.memory": "1g", "spark.executor.cores": "1", "spark.executor.memoryOverhead": "512m",
+             "spark.dynamicAllocation.enabled": "false", "spark.ui.enabled": "false",
+             # Delta rebuilds table state with 50 tasks by default: far too many for two 1-core executors.
+             "spark.databricks.delta.snapshotPartitions": "2", "spark.pyspark.python": sys.executable}
     cmd = [str(BIN / "spark-submit"), "--master", c.spark_master, "--deploy-mode", "client",
            "--name", f"driftrec-{job}", "--packages", f"io.delta:delta-spark_2.13:{DELTA}", "--py-files", str(code),
-           "--driver-memory", "2g", "--executor-memory", "1g", "--total-executor-cores", "2",
-           "--conf", f"spark.pyspark.python={sys.executable}", "--conf", "spark.ui.enabled=false",
+           "--properties-file", str(REPO / "infra" / "spark" / "spark-defaults.conf"), "--driver-memory", "2g",
+           "--total-executor-cores", "2", *(a for k, v in sized.items() for a in ("--conf", f"{k}={v}")),
            str(REPO / "jobs" / f"{job}.py"), *args]
-    return subprocess.run(cmd, cwd=cwd, env=_clean_env(), capture_output=True, text=True, timeout=900)
+    log = cwd / f"{job}.log"
+    with open(log, "w") as out:
+        # Its own session: on a timeout or an interrupt the driver's Python goes with the JVM.
+        p = subprocess.Popen(cmd, cwd=cwd, env=_clean_env(), stdout=out, stderr=subprocess.STDOUT,
+                             start_new_session=True)
+        try:
+            rc = p.wait(timeout=900)
+        finally:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+    return rc, log.read_text(errors="replace")
 
 
 def test_nightly_runs_on_a_standalone_spark_cluster_and_a_two_node_ray_cluster(clusters, tmp_path):
@@ -211,13 +232,15 @@ def test_nightly_runs_on_a_standalone_spark_cluster_and_a_two_node_ray_cluster(c
     common = ["--lakehouse", str(lake), "--set", f'lakehouse.database="c_{uuid.uuid4().hex[:8]}"',
               "--set", "spark.shuffle_partitions=2"]
 
-    ingest = _submit(c, tmp_path, code, "ingest", *common, "--events", data["events_dir"], "--items", data["items"],
-                     "--format", "parquet")
-    assert ingest.returncode == 0, ingest.stdout[-3000:] + ingest.stderr[-5000:]
+    t0 = time.time()
+    rc, out = _submit(c, tmp_path, code, "ingest", *common, "--events", data["events_dir"], "--items", data["items"],
+                      "--format", "parquet")
+    assert rc == 0, out[-8000:]
+    print(f"ingest on the cluster: {time.time() - t0:.0f}s")
     assert DeltaTable(str(lake / "events")).to_pyarrow_table().num_rows == data["n_events"]
 
     t0 = time.time()
-    night = _submit(
+    rc, out = _submit(
         c, tmp_path, code, "nightly", "--date", NIGHT.isoformat(), *common,
         "--set", f'training.ray_address="{c.ray_address}"', "--set", "training.num_workers=2",
         "--set", "training.d_model=16", "--set", "training.layers=1", "--set", "training.max_seq_len=8",
@@ -225,7 +248,7 @@ def test_nightly_runs_on_a_standalone_spark_cluster_and_a_two_node_ray_cluster(c
         "--set", f"topk.k={K}", "--set", "topk.lookback_days=2", "--set", "topk.users_per_batch=32",
         "--set", "topk.partitions=2",
     )
-    assert night.returncode == 0, night.stdout[-5000:] + night.stderr[-8000:]
+    assert rc == 0, out[-10000:]
     print(f"nightly on the clusters: {time.time() - t0:.0f}s")
 
     runs = DeltaTable(str(lake / "pipeline_runs")).to_pandas()
