@@ -267,6 +267,10 @@ def test_nightly_runs_on_a_standalone_spark_cluster_and_a_two_node_ray_cluster(c
     per_user = recs.groupby("user_id")["rank"].agg(["count", "min", "max"])
     assert (per_user["count"] == K).all() and (per_user["min"] == 1).all() and (per_user["max"] == K).all()
     assert (recs.groupby("user_id")["item_id"].nunique() == K).all()
+    stage = runs.set_index("stage")
+    assert stage.loc["topk", "rows_out"] == len(recs) and stage.loc["topk", "rows_in"] == len(per_user)
+    assert stage.loc["train", "model_version"] == stage.loc["topk", "model_version"] == models["version"].iloc[0]
+    assert stage.loc["embed_items", "rows_out"] == data["n_items"]
 
     # Both applications ran on the standalone master, with executors on both workers.
     state = _json(f"{c.spark_ui}/json/")

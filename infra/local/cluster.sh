@@ -8,9 +8,12 @@
 set -euo pipefail
 CMD="${1:?usage: cluster.sh start|stop [DIR]}"
 DIR="${2:-/tmp/driftrec-cluster}"
-BIN="$(dirname "$(command -v spark-class || { echo "cluster.sh: spark-class not found: activate the venv" >&2; exit 2; })")"
+SPARK_CLASS="$(command -v spark-class || true)"
+[ -n "$SPARK_CLASS" ] || { echo "cluster.sh: spark-class not found: activate the driftrec venv first" >&2; exit 2; }
+BIN="$(dirname "$SPARK_CLASS")"
 MPORT="${SPARK_MASTER_PORT:-7077}" UI="${SPARK_UI_PORT:-8080}" RPORT="${RAY_PORT:-6379}"
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+free_port() { "$BIN/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
 stop() {
   [ -d "$DIR" ] || return 0
@@ -43,14 +46,14 @@ case "$CMD" in
     for i in 1 2; do
       SPARK_WORKER_DIR="$DIR/worker$i" launch "worker$i" "$BIN/spark-class" org.apache.spark.deploy.worker.Worker \
         --host 127.0.0.1 --cores "${WORKER_CORES:-1}" --memory "${WORKER_MEMORY:-2g}" --work-dir "$DIR/worker$i" \
-        --webui-port 0 "spark://127.0.0.1:$MPORT"
+        --webui-port "$(free_port)" "spark://127.0.0.1:$MPORT"
     done
     # The Ray nodes import the product's code (a cluster image would have it installed).
     PYTHONPATH="$REPO" launch ray-head "$BIN/ray" start --head --block --port="$RPORT" --temp-dir="$DIR/ray" \
       --num-cpus=1 --node-ip-address=127.0.0.1 --include-dashboard=false --disable-usage-stats
     sleep 10
     PYTHONPATH="$REPO" launch ray-node "$BIN/ray" start --block --address="127.0.0.1:$RPORT" --num-cpus=1 \
-      --node-ip-address=127.0.0.1 --dashboard-agent-listen-port=0 --disable-usage-stats
+      --node-ip-address=127.0.0.1 --dashboard-agent-listen-port="$(free_port)" --disable-usage-stats
     cat <<EOF
 started: Spark master spark://127.0.0.1:$MPORT (UI http://127.0.0.1:$UI), Ray at 127.0.0.1:$RPORT; logs in $DIR/logs
 submit a night (the job never sets the master):
