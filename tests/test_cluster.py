@@ -1,0 +1,282 @@
+"""The nightly on real clusters: a Spark standalone master with two workers and a two-node Ray cluster.
+
+Every other test runs Spark as ``local[*]`` inside one JVM and Ray inside the test process. Here the jobs are
+launched the way a user launches them on a cluster: ``spark-submit --master spark://...`` with Delta from
+``--packages`` and the code from ``--py-files`` (the workers' environment has no ``PYTHONPATH`` to the checkout),
+and training on ``training.ray_address`` (the Ray nodes have the code, as a cluster image would). The clusters are
+started from the pip pyspark's ``spark-class`` and ``ray start``, all bound to 127.0.0.1 on free ports, and their
+process groups are killed in teardown whatever happens (``ray stop`` would stop every Ray on the machine).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow  # two clusters, two spark-submits, a Ray Train run: a few minutes
+
+BIN = Path(sys.executable).parent
+DELTA = next(line.split("==")[1].split('"')[0] for line in (REPO / "pyproject.toml").read_text().splitlines()
+             if '"delta-spark==' in line)
+START = dt.date(2026, 1, 1)
+DAYS = 5
+NIGHT = START + dt.timedelta(days=DAYS - 1)
+K = 5
+CODE = ("driftrec", "jobs", "spark_udfs", "ray_trainers")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _clean_env(**extra: str) -> dict[str, str]:
+    """This environment without the checkout on PYTHONPATH: code must reach the cluster the way a user ships it."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "SPARK_HOME", "SPARK_CONF_DIR")}
+    env.update(PYSPARK_PYTHON=sys.executable, PYSPARK_DRIVER_PYTHON=sys.executable, SPARK_LOCAL_IP="127.0.0.1",
+               RAY_USAGE_STATS_ENABLED="0", **extra)
+    return env
+
+
+def _json(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=5) as r:
+        return json.loads(r.read())
+
+
+def _wait(what: str, check, timeout: float, logs: list[Path]) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            if check():
+                return
+        except Exception:  # noqa: BLE001 - not up yet
+            pass
+        time.sleep(1)
+    tails = "\n".join(f"--- {p}\n{p.read_text(errors='replace')[-2000:]}" for p in logs if p.exists())
+    raise AssertionError(f"{what} not ready after {timeout:.0f}s\n{tails}")
+
+
+def _kill_groups(procs: list[subprocess.Popen], marker: str) -> None:
+    """SIGTERM, then SIGKILL, every process in the sessions we started, plus any process naming ``marker``."""
+    sids = {p.pid for p in procs}
+
+    def ours() -> list[int]:
+        pids = []
+        for d in Path("/proc").iterdir():
+            if not d.name.isdigit() or int(d.name) == os.getpid():
+                continue
+            try:
+                if os.getsid(int(d.name)) in sids or marker in (d / "cmdline").read_bytes().decode(errors="replace"):
+                    pids.append(int(d.name))
+            except (OSError, ProcessLookupError):
+                continue
+        return pids
+
+    for sig, grace in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+        for pid in ours():
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.time() + grace
+        while ours() and time.time() < deadline:
+            time.sleep(0.5)
+    for p in procs:
+        try:
+            p.wait(timeout=1)
+        except subprocess.TimeoutExpired:
+            pass
+
+
+@dataclass
+class Clusters:
+    spark_master: str
+    spark_ui: str
+    worker_dirs: list[Path]
+    ray_address: str
+    ray_env: dict[str, str]
+
+
+@pytest.fixture(scope="module")
+def clusters():
+    # Short base: Ray's unix sockets live under its temp dir (107-character limit).
+    base = Path(tempfile.mkdtemp(prefix="drc-", dir="/tmp"))
+    marker = str(base)
+    procs: list[subprocess.Popen] = []
+    logs = base / "logs"
+    logs.mkdir()
+
+    def launch(name: str, cmd: list[str], env: dict[str, str]) -> subprocess.Popen:
+        out = open(logs / f"{name}.log", "w")  # noqa: SIM115 - closed with the process
+        p = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=base, start_new_session=True)
+        procs.append(p)
+        return p
+
+    def _terminate(signum, frame):
+        raise SystemExit(f"terminated by signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, _terminate)  # a `timeout` kill still runs the teardown below
+    try:
+        # ---- Spark standalone: one master, two workers of 1 core / 2g each ----
+        spark_env = _clean_env(SPARK_LOG_DIR=str(logs), SPARK_WORKER_OPTS="-Dspark.worker.cleanup.enabled=false")
+        port, ui = _free_port(), _free_port()
+        master = f"spark://127.0.0.1:{port}"
+        spark_class = str(BIN / "spark-class")
+        launch("master", [spark_class, "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1",
+                          "--port", str(port), "--webui-port", str(ui)], spark_env)
+        spark_ui = f"http://127.0.0.1:{ui}"
+        _wait("spark master", lambda: _json(f"{spark_ui}/json/")["status"] == "ALIVE", 90, [logs / "master.log"])
+        worker_dirs = []
+        for i in (1, 2):
+            work = base / f"spark-worker-{i}"
+            work.mkdir()
+            worker_dirs.append(work)
+            launch(f"worker{i}", [spark_class, "org.apache.spark.deploy.worker.Worker", "--host", "127.0.0.1",
+                                  "--port", str(_free_port()), "--webui-port", str(_free_port()), "--cores", "1",
+                                  "--memory", "2g", "--work-dir", str(work), master],
+                   {**spark_env, "SPARK_WORKER_DIR": str(work)})
+        _wait("two spark workers",
+              lambda: sum(w["state"] == "ALIVE" for w in _json(f"{spark_ui}/json/")["workers"]) == 2,
+              90, [logs / "master.log", logs / "worker1.log", logs / "worker2.log"])
+
+        # ---- Ray: a head and a second node, 1 CPU each; the nodes have the code (like a cluster image) ----
+        ray_env = _clean_env(PYTHONPATH=str(REPO))
+        gcs = _free_port()
+        ray_address = f"127.0.0.1:{gcs}"
+        common = ["--num-cpus=1", "--node-ip-address=127.0.0.1", "--object-store-memory=200000000",
+                  "--disable-usage-stats"]
+        head = launch("ray-head", [str(BIN / "ray"), "start", "--head", f"--port={gcs}", f"--temp-dir={base / 'ray'}",
+                                   "--include-dashboard=false",
+                                   f"--dashboard-agent-listen-port={_free_port()}", *common], ray_env)
+        assert head.wait(timeout=180) == 0, (logs / "ray-head.log").read_text()[-3000:]
+        node = launch("ray-node", [str(BIN / "ray"), "start", f"--address={ray_address}",
+                                   f"--dashboard-agent-listen-port={_free_port()}", *common], ray_env)
+        assert node.wait(timeout=180) == 0, (logs / "ray-node.log").read_text()[-3000:]
+        probe = ("import ray, json; ray.init(address='%s', log_to_driver=False); "
+                 "print(json.dumps([n['NodeManagerPort'] for n in ray.nodes() if n['Alive']]))" % ray_address)
+        _wait("two ray nodes", lambda: len(json.loads(subprocess.run(
+            [sys.executable, "-c", probe], env=ray_env, capture_output=True, text=True, timeout=60, cwd=base,
+        ).stdout.strip().splitlines()[-1])) == 2, 120, [logs / "ray-head.log", logs / "ray-node.log"])
+
+        yield Clusters(master, spark_ui, worker_dirs, ray_address, ray_env)
+    finally:
+        _kill_groups(procs, marker)
+        signal.signal(signal.SIGTERM, previous)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _code_zip(dest: Path) -> Path:
+    """The product's packages as one archive for ``--py-files`` (what a user ships next to the job script)."""
+    with zipfile.ZipFile(dest, "w") as z:
+        for pkg in CODE:
+            for f in sorted((REPO / pkg).rglob("*")):
+                if f.is_file() and "__pycache__" not in f.parts:
+                    z.write(f, f.relative_to(REPO).as_posix())
+    return dest
+
+
+def _submit(c: Clusters, cwd: Path, code: Path, job: str, *args: str) -> tuple[int, str]:
+    """spark-submit one job the way infra/spark/submit.sh does, with the example spark-defaults.conf sized down."""
+    sized = {"spark.executor.memory": "1g", "spark.executor.cores": "1", "spark.executor.memoryOverhead": "512m",
+             "spark.dynamicAllocation.enabled": "false", "spark.ui.enabled": "false",
+             # Delta rebuilds table state with 50 tasks by default: far too many for two 1-core executors.
+             "spark.databricks.delta.snapshotPartitions": "2", "spark.pyspark.python": sys.executable}
+    cmd = [str(BIN / "spark-submit"), "--master", c.spark_master, "--deploy-mode", "client",
+           "--name", f"driftrec-{job}", "--packages", f"io.delta:delta-spark_2.13:{DELTA}", "--py-files", str(code),
+           "--properties-file", str(REPO / "infra" / "spark" / "spark-defaults.conf"), "--driver-memory", "2g",
+           "--total-executor-cores", "2", *(a for k, v in sized.items() for a in ("--conf", f"{k}={v}")),
+           str(REPO / "jobs" / f"{job}.py"), *args]
+    log = cwd / f"{job}.log"
+    with open(log, "w") as out:
+        # Its own session: on a timeout or an interrupt the driver's Python goes with the JVM.
+        p = subprocess.Popen(cmd, cwd=cwd, env=_clean_env(), stdout=out, stderr=subprocess.STDOUT,
+                             start_new_session=True)
+        try:
+            rc = p.wait(timeout=900)
+        finally:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+    return rc, log.read_text(errors="replace")
+
+
+def test_nightly_runs_on_a_standalone_spark_cluster_and_a_two_node_ray_cluster(clusters, tmp_path):
+    from deltalake import DeltaTable
+
+    from driftrec.config import SyntheticConfig
+    from driftrec.synthetic import write_dataset
+
+    c = clusters
+    data = write_dataset(SyntheticConfig(users=40, items=30, categories=3, days=DAYS, seed=5,
+                                         start_date=START.isoformat()), tmp_path / "data")
+    lake = tmp_path / "lake"
+    code = _code_zip(tmp_path / "driftrec-code.zip")
+    common = ["--lakehouse", str(lake), "--set", f'lakehouse.database="c_{uuid.uuid4().hex[:8]}"',
+              "--set", "spark.shuffle_partitions=2"]
+
+    t0 = time.time()
+    rc, out = _submit(c, tmp_path, code, "ingest", *common, "--events", data["events_dir"], "--items", data["items"],
+                      "--format", "parquet")
+    assert rc == 0, out[-8000:]
+    print(f"ingest on the cluster: {time.time() - t0:.0f}s")
+    assert DeltaTable(str(lake / "events")).to_pyarrow_table().num_rows == data["n_events"]
+
+    t0 = time.time()
+    rc, out = _submit(
+        c, tmp_path, code, "nightly", "--date", NIGHT.isoformat(), *common,
+        "--set", f'training.ray_address="{c.ray_address}"', "--set", "training.num_workers=2",
+        "--set", "training.d_model=16", "--set", "training.layers=1", "--set", "training.max_seq_len=8",
+        "--set", "training.epochs=1", "--set", "training.batch_size=64",
+        "--set", f"topk.k={K}", "--set", "topk.lookback_days=2", "--set", "topk.users_per_batch=32",
+        "--set", "topk.partitions=2",
+    )
+    assert rc == 0, out[-10000:]
+    print(f"nightly on the clusters: {time.time() - t0:.0f}s")
+
+    runs = DeltaTable(str(lake / "pipeline_runs")).to_pandas()
+    assert sorted(runs["stage"]) == ["embed_items", "migrate", "topk", "train"]
+    assert set(runs["status"]) == {"succeeded"} and set(runs["ds"].astype(str)) == {NIGHT.isoformat()}
+
+    models = DeltaTable(str(lake / "model_registry")).to_pandas()
+    assert len(models) == 1 and bool(models["is_current"].iloc[0])
+    # Two Ray Train workers of 1 CPU each: only possible with both nodes in the cluster.
+    assert json.loads(models["metrics_json"].iloc[0])["world_size"] == 2
+    assert Path(models["checkpoint"].iloc[0]).is_dir()
+
+    recs = DeltaTable(str(lake / "recommendations")).to_pandas()
+    recs = recs[recs["ds"].astype(str) == NIGHT.isoformat()]
+    assert len(recs) > 0 and set(recs["model_version"]) == {int(models["version"].iloc[0])}
+    per_user = recs.groupby("user_id")["rank"].agg(["count", "min", "max"])
+    assert (per_user["count"] == K).all() and (per_user["min"] == 1).all() and (per_user["max"] == K).all()
+    assert (recs.groupby("user_id")["item_id"].nunique() == K).all()
+    stage = runs.set_index("stage")
+    assert stage.loc["topk", "rows_out"] == len(recs) and stage.loc["topk", "rows_in"] == len(per_user)
+    assert stage.loc["train", "model_version"] == stage.loc["topk", "model_version"] == models["version"].iloc[0]
+    assert stage.loc["embed_items", "rows_out"] == data["n_items"]
+
+    # Both applications ran on the standalone master, with executors on both workers.
+    state = _json(f"{c.spark_ui}/json/")
+    done = {a["name"]: a for a in state["completedapps"]}
+    assert {"driftrec-ingest", "driftrec-nightly"} <= set(done), state
+    assert all(done[n]["state"] == "FINISHED" for n in ("driftrec-ingest", "driftrec-nightly"))
+    nightly_app = done["driftrec-nightly"]["id"]
+    for work in c.worker_dirs:
+        assert (work / nightly_app).is_dir(), f"no executor of {nightly_app} on the worker of {work}"
