@@ -219,6 +219,13 @@ class Lakehouse:
         filesystem, path = self.filesystem(location)
         return filesystem.get_file_info(path).type != fs.FileType.NotFound
 
+    def is_dir(self, location: str) -> bool:
+        """Whether ``location`` is a folder (on an object store: a prefix with objects under it)."""
+        from pyarrow import fs
+
+        filesystem, path = self.filesystem(location)
+        return filesystem.get_file_info(path).type == fs.FileType.Directory
+
 
 @dataclass(frozen=True)
 class MergeResult:

@@ -7,7 +7,6 @@ through its text embedding and category (its id row starts at zero).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -93,7 +92,7 @@ def load_serving_model(spark: SparkSession, conf: Config, event_items: DataFrame
 
     row = registry_row(spark, conf, version)
     path = str(row["checkpoint"])
-    if not Path(path).is_dir():
+    if not lakehouse.Lakehouse.of(conf).is_dir(path):
         raise ModelVersionError(f"model v{row['version']}: checkpoint directory {path} does not exist")
     try:
         model, space, _ = load_checkpoint(path)
