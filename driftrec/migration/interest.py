@@ -1,54 +1,114 @@
-"""Interest state: the prior ``q = a*p + b*p.P_u + (1-a-b)*g`` and the night's update, as Spark transforms.
+"""Interest state: the prior ``q = a*p + b*p.P_u + (1-a-b)*g`` and the night's update, run by the kernel in Spark.
 
 Time advances per active day of a user: a night moves the interest of the users who have events that night, so
 its cost follows the night's events, not the user base. A user with no stored interest starts from ``g``, the
-global category popularity.
+global category popularity. The arithmetic is :mod:`driftrec.migration.kernels`'; here users are hashed into
+buckets and each bucket is one batched kernel call in a grouped pandas UDF (``K``, the categories, is small:
+the global matrix and ``g`` travel with the function).
 """
 
 from __future__ import annotations
 
-from pyspark.sql import Column, DataFrame, Window
+import numpy as np
+import pandas as pd
+from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
+from driftrec.migration import kernels
 from driftrec.migration.transitions import require_columns
 
-
-def migration_term(
-    interest: DataFrame, user_counts: DataFrame, global_matrix: DataFrame, strength: float
-) -> DataFrame:
-    """``m_u(k) = sum_j p_u(j) * P_u(k|j)`` with ``P_u`` shrunk toward the global matrix: ``(user_id, category, m)``.
-
-    ``interest(user_id, category, p)``; ``user_counts(user_id, from_cat, to_cat, count)`` holds the user's decayed
-    counts (observed cells only); ``global_matrix(from_cat, to_cat, prob)`` is dense. Computed as the observed
-    part ``p_j * C_u[j,k] / (n_u[j] + s)`` plus the global part ``p_j * w_u[j] * P_g[j,k]`` with
-    ``w_u[j] = s/(n_u[j] + s)`` (1 for a row the user never left from), so rows need not be materialised.
-    """
-    require_columns(interest, ("user_id", "category", "p"), "migration_term interest")
-    require_columns(user_counts, ("user_id", "from_cat", "to_cat", "count"), "migration_term user_counts")
-    s = F.lit(float(strength))
-    n_from = user_counts.groupBy("user_id", "from_cat").agg(F.sum("count").alias("n_from"))
-    p_from = interest.select("user_id", F.col("category").alias("from_cat"), "p").where(F.col("p") > 0)
-    observed = (
-        p_from.join(user_counts, ["user_id", "from_cat"])
-        .join(n_from, ["user_id", "from_cat"])
-        .select("user_id", F.col("to_cat").alias("category"),
-                (F.col("p") * F.col("count") / (F.col("n_from") + s)).alias("m"))
-    )
-    weight = F.when(F.col("n_from").isNull(), F.lit(1.0)).when(F.col("n_from") + s > 0, s / (F.col("n_from") + s))
-    via_global = (
-        p_from.join(n_from, ["user_id", "from_cat"], "left")
-        .select("user_id", "from_cat", (F.col("p") * F.coalesce(weight, F.lit(0.0))).alias("w"))
-        .join(global_matrix.select("from_cat", "to_cat", "prob"), "from_cat")
-        .select("user_id", F.col("to_cat").alias("category"), (F.col("w") * F.col("prob")).alias("m"))
-    )
-    return observed.unionByName(via_global).groupBy("user_id", "category").agg(F.sum("m").alias("m"))
+USERS_PER_BUCKET = 2000  # users per pandas call: their (users, K, K) counts stay a few MB
+FRAME_SCHEMA = (
+    "user_id long, category string, has_prev boolean, p double, g double, n double, rt_prev double, "
+    "lt_prev double, m double"
+)
+UPDATED_SCHEMA = FRAME_SCHEMA + ", q double, p_new double"
 
 
 def prior_column(a: Column | float, b: Column | float) -> Column:
-    """``q = a*p + b*m + (1-a-b)*g`` over columns ``p``, ``m``, ``g``."""
+    """``q`` over columns ``p``, ``m``, ``g``: :func:`kernels.prior_from_terms` applied to Spark columns."""
     a_c = a if isinstance(a, Column) else F.lit(float(a))
     b_c = b if isinstance(b, Column) else F.lit(float(b))
-    return a_c * F.col("p") + b_c * F.col("m") + (F.lit(1.0) - a_c - b_c) * F.col("g")
+    return kernels.prior_from_terms(F.col("p"), F.col("m"), F.col("g"), a_c, b_c)
+
+
+def user_buckets(users: DataFrame) -> Column:
+    """A ``bucket`` column: ``user_id`` hashed into enough buckets for ``USERS_PER_BUCKET`` users each."""
+    spark = users.sparkSession
+    n_users = users.select("user_id").distinct().count()
+    n = max(spark.sparkContext.defaultParallelism, -(-n_users // USERS_PER_BUCKET))
+    return F.pmod(F.xxhash64("user_id"), F.lit(n)).alias("bucket")
+
+
+def dense_categories(popularity: DataFrame, global_matrix: DataFrame, categories: DataFrame | None = None):
+    """``(cats, g, P_g)`` on the driver: sorted category names, (K,) popularity and the dense (K, K) matrix."""
+    g_rows = {r["category"]: float(r["g"]) for r in popularity.select("category", "g").collect()}
+    if categories is not None:
+        keep = {r["category"] for r in categories.select("category").distinct().collect()}
+        g_rows = {c: v for c, v in g_rows.items() if c in keep}
+    cats = sorted(g_rows)
+    index = {c: i for i, c in enumerate(cats)}
+    pg = np.zeros((len(cats), len(cats)))
+    for r in global_matrix.select("from_cat", "to_cat", "prob").collect():
+        if r["from_cat"] in index and r["to_cat"] in index:
+            pg[index[r["from_cat"]], index[r["to_cat"]]] = float(r["prob"])
+    return cats, np.array([g_rows[c] for c in cats]), pg
+
+
+def _frame_function(cats: list[str], g: np.ndarray, pg: np.ndarray, strength: float):
+    """``cells`` + ``counts`` of a bucket of users -> their dense :data:`FRAME_SCHEMA` rows."""
+    index = pd.Index(cats)
+    k = len(cats)
+
+    def per_bucket(cells: pd.DataFrame, counts: pd.DataFrame) -> pd.DataFrame:
+        if cells.empty:
+            return pd.DataFrame(columns=[c.split()[0] for c in FRAME_SCHEMA.split(", ")])
+        users, u = np.unique(cells["user_id"].to_numpy(np.int64), return_inverse=True)
+        c = index.get_indexer(cells["category"])
+        stored = cells["p"].notna().to_numpy()
+        has_prev = np.zeros(len(users), bool)
+        has_prev[u[stored]] = True
+        dense = {}
+        for col in ("p", "rt", "lt", "n"):
+            x = np.zeros((len(users), k))
+            ok = (c >= 0) & cells[col].notna().to_numpy()
+            np.add.at(x, (u[ok], c[ok]), cells[col].to_numpy(np.float64)[ok])
+            dense[col] = x
+        p = np.where(has_prev[:, None], dense["p"], g)
+        user_counts = np.zeros((len(users), k, k))
+        if not counts.empty:
+            cu = np.searchsorted(users, counts["user_id"].to_numpy(np.int64))
+            cu = np.minimum(cu, len(users) - 1)
+            f, t = index.get_indexer(counts["from_cat"]), index.get_indexer(counts["to_cat"])
+            ok = (users[cu] == counts["user_id"].to_numpy(np.int64)) & (f >= 0) & (t >= 0)
+            np.add.at(user_counts, (cu[ok], f[ok], t[ok]), counts["count"].to_numpy(np.float64)[ok])
+        m = kernels.migration_term(p, kernels.shrunk_rows(user_counts, pg, strength))
+        return pd.DataFrame({
+            "user_id": np.repeat(users, k), "category": np.tile(np.asarray(cats, dtype=object), len(users)),
+            "has_prev": np.repeat(has_prev, k), "p": p.ravel(), "g": np.tile(g, len(users)),
+            "n": dense["n"].ravel(), "rt_prev": dense["rt"].ravel(), "lt_prev": dense["lt"].ravel(), "m": m.ravel(),
+        })
+
+    return per_bucket
+
+
+def interest_frame(cells: DataFrame, user_counts: DataFrame, cats: list[str], g: np.ndarray, pg: np.ndarray,
+                   strength: float) -> DataFrame:
+    """Dense :data:`FRAME_SCHEMA` rows for every user of ``cells(user_id, category, p, rt, lt, n)``.
+
+    A user's stored interest is the cells with ``p`` set (none: the user starts from ``g``); ``rt``/``lt``/``n``
+    are summed per cell, null as 0; a row with a null category only names the user. ``m`` is the kernel's
+    migration term with ``P_u`` shrunk toward ``pg`` by ``strength``; ``user_counts(user_id, from_cat, to_cat,
+    count)``.
+    """
+    require_columns(cells, ("user_id", "category", "p", "rt", "lt", "n"), "interest cells")
+    require_columns(user_counts, ("user_id", "from_cat", "to_cat", "count"), "interest user_counts")
+    bucket = user_buckets(cells)
+    left = cells.select(bucket, "user_id", "category", *(F.col(c).cast("double") for c in ("p", "rt", "lt", "n")))
+    right = user_counts.join(cells.select("user_id").distinct(), "user_id", "left_semi").select(
+        bucket, "user_id", "from_cat", "to_cat", "count")
+    return left.groupBy("bucket").cogroup(right.groupBy("bucket")).applyInPandas(
+        _frame_function(cats, g, pg, strength), FRAME_SCHEMA)
 
 
 def night_frame(
@@ -64,35 +124,45 @@ def night_frame(
     """Everything one night needs per ``(user_id, category)`` of the active users, dense over the categories.
 
     Columns: ``p`` (previous interest, ``g`` for a new user), ``m`` (migration term), ``g``, ``n`` (the night's
-    evidence), ``has_prev``, ``lt_prev`` (long-term counts, already decayed to the night).
-    ``previous(user_id, category, p, lt_prev)`` is the stored state of these users.
+    evidence), ``has_prev``, ``rt_prev``/``lt_prev`` (short/long-term counts, already decayed to the night).
+    ``previous(user_id, category, p, rt_prev, lt_prev)`` is the stored state of these users.
     """
-    grid = users.select("user_id").distinct().crossJoin(categories.select("category").distinct())
-    known = previous.select("user_id").distinct().withColumn("has_prev", F.lit(True))
-    frame = (
-        grid.join(previous.select("user_id", "category", "p", "rt_prev", "lt_prev"), ["user_id", "category"], "left")
-        .join(known, "user_id", "left")
-        .join(F.broadcast(popularity.select("category", "g")), "category")
-        .join(evidence.groupBy("user_id", "category").agg(F.sum("n").alias("n")), ["user_id", "category"], "left")
-        .select(
-            "user_id",
-            "category",
-            F.coalesce(F.col("has_prev"), F.lit(False)).alias("has_prev"),
-            F.when(F.col("has_prev").isNull(), F.col("g")).otherwise(F.coalesce(F.col("p"), F.lit(0.0))).alias("p"),
-            "g",
-            F.coalesce(F.col("n"), F.lit(0.0)).alias("n"),
-            F.coalesce(F.col("rt_prev"), F.lit(0.0)).alias("rt_prev"),
-            F.coalesce(F.col("lt_prev"), F.lit(0.0)).alias("lt_prev"),
-        )
+    cats, g, pg = dense_categories(popularity, global_matrix, categories)
+    null = F.lit(None).cast("double")
+    cells = (
+        users.select("user_id", F.lit(None).cast("string").alias("category"), null.alias("p"), null.alias("rt"),
+                     null.alias("lt"), null.alias("n"))
+        .unionByName(previous.select("user_id", "category", "p", F.col("rt_prev").alias("rt"),
+                                     F.col("lt_prev").alias("lt"), null.alias("n")))
+        .unionByName(evidence.select("user_id", "category", null.alias("p"), null.alias("rt"), null.alias("lt"),
+                                     F.col("n").cast("double")))
+        .join(users.select("user_id").distinct(), "user_id", "left_semi")
     )
-    m = migration_term(frame.select("user_id", "category", "p"), user_counts, global_matrix, strength)
-    return frame.join(m, ["user_id", "category"], "left").withColumn("m", F.coalesce(F.col("m"), F.lit(0.0)))
+    return interest_frame(cells, user_counts, cats, g, pg, strength)
+
+
+def _update_function(a: float, b: float, prior_strength: float):
+    def per_bucket(frame: pd.DataFrame) -> pd.DataFrame:
+        frame = frame.drop(columns="bucket").sort_values(["user_id", "category"], kind="stable")
+        _, u = np.unique(frame["user_id"].to_numpy(np.int64), return_inverse=True)
+        cats, c = np.unique(frame["category"].to_numpy(str), return_inverse=True)
+        shape = (u.max(initial=-1) + 1, len(cats))
+        grid = {}
+        for col in ("p", "m", "g", "n"):
+            x = np.zeros(shape)
+            x[u, c] = frame[col].to_numpy(np.float64)
+            grid[col] = x
+        q = kernels.prior_from_terms(grid["p"], grid["m"], grid["g"], a, b)
+        p_new = kernels.posterior(q, grid["n"], prior_strength)
+        return frame.assign(q=q[u, c], p_new=p_new[u, c])
+
+    return per_bucket
 
 
 def updated_interest(frame: DataFrame, a: float, b: float, prior_strength: float) -> DataFrame:
-    """``p_new = (kappa*q + n) / (kappa + N_u)``: adds ``q`` and ``p_new`` to the night frame; sums to 1 per user."""
-    user = Window.partitionBy("user_id").rowsBetween(Window.unboundedPreceding, Window.unboundedFollowing)
-    kappa = F.lit(float(prior_strength))
-    return frame.withColumn("q", prior_column(a, b)).withColumn(
-        "p_new", (kappa * F.col("q") + F.col("n")) / (kappa + F.sum("n").over(user))
-    )
+    """``p_new = (kappa*q + n) / (kappa + N_u)`` (the kernel's posterior): adds ``q`` and ``p_new`` to the night
+    frame; sums to 1 per user."""
+    require_columns(frame, tuple(c.split()[0] for c in FRAME_SCHEMA.split(", ")), "updated_interest frame")
+    cols = [c.split()[0] for c in FRAME_SCHEMA.split(", ")]
+    return frame.select(user_buckets(frame), *cols).groupBy("bucket").applyInPandas(
+        _update_function(a, b, prior_strength), UPDATED_SCHEMA)

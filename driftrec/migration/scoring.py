@@ -89,42 +89,30 @@ def reason_text(kind: Column, via_item: Column, via_title: Column, via_cat: Colu
 def predicted_interest(users: DataFrame, state: MarkovState, mconf: MigrationConfig) -> DataFrame:
     """``(user_id, category, q, rise)`` for ``users(user_id)``, dense over the categories.
 
-    ``q = a*p + b*p.P_u + (1-a-b)*g`` is the predicted next-step interest (``g`` for a user without state);
-    ``rise`` is the recent profile minus the long-term one, which the reasons use.
+    ``q = a*p + b*p.P_u + (1-a-b)*g`` is the predicted next-step interest (``g`` for a user without state), its
+    migration term computed by the kernel (:func:`interest.interest_frame`); ``rise`` is the recent profile minus
+    the long-term one, which the reasons use.
     """
     mc = mconf
     g = tr.category_popularity(state.global_matrix, mc.category_smoothing)
-    cats = g.select("category")
-    user_interest = state.interest.join(users, "user_id", "left_semi")
-    known = user_interest.select("user_id").distinct().withColumn("known", F.lit(True))
-    dense = (
-        users.crossJoin(cats)
-        .join(user_interest, ["user_id", "category"], "left")
-        .join(known, "user_id", "left")
-        .join(F.broadcast(g), "category")
-        .select(
-            "user_id", "category", "g",
-            F.when(F.col("known").isNull(), F.col("g")).otherwise(F.coalesce(F.col("p"), F.lit(0.0))).alias("p"),
-            F.coalesce(F.col("recent_count"), F.lit(0.0)).alias("rt"),
-            F.coalesce(F.col("long_term_count"), F.lit(0.0)).alias("lt"),
-        )
+    cats, g_arr, pg = interest.dense_categories(g, state.global_matrix)
+    null = F.lit(None).cast("double")
+    cells = users.select("user_id", F.lit(None).cast("string").alias("category"), null.alias("p"), null.alias("rt"),
+                         null.alias("lt"), null.alias("n")).unionByName(
+        state.interest.join(users, "user_id", "left_semi").select(
+            "user_id", "category", "p", F.col("recent_count").alias("rt"), F.col("long_term_count").alias("lt"),
+            null.alias("n"))
     )
-    mig = interest.migration_term(
-        dense.select("user_id", "category", "p"),
-        state.user_counts.join(users, "user_id", "left_semi"),
-        state.global_matrix,
-        mc.shrinkage_strength,
+    frame = interest.interest_frame(
+        cells, state.user_counts.join(users, "user_id", "left_semi"), cats, g_arr, pg, mc.shrinkage_strength
     )
     per_user = Window.partitionBy("user_id").rowsBetween(Window.unboundedPreceding, Window.unboundedFollowing)
-    return (
-        dense.join(mig, ["user_id", "category"], "left")
-        .withColumn("m", F.coalesce(F.col("m"), F.lit(0.0)))
-        .select(
-            "user_id", "category",
-            interest.prior_column(state.a, state.b).alias("q"),
-            (drift.profile(F.col("rt"), F.col("g"), mc.drift_smoothing, F.sum("rt").over(per_user))
-             - drift.profile(F.col("lt"), F.col("g"), mc.drift_smoothing, F.sum("lt").over(per_user))).alias("rise"),
-        )
+    rt, lt = F.col("rt_prev"), F.col("lt_prev")
+    return frame.select(
+        "user_id", "category",
+        interest.prior_column(state.a, state.b).alias("q"),
+        (drift.profile(rt, F.col("g"), mc.drift_smoothing, F.sum(rt).over(per_user))
+         - drift.profile(lt, F.col("g"), mc.drift_smoothing, F.sum(lt).over(per_user))).alias("rise"),
     )
 
 
