@@ -1,9 +1,11 @@
 """The nightly on real clusters: a Spark standalone master with two workers and a two-node Ray cluster.
 
-Every other test runs Spark as ``local[*]`` inside one JVM and Ray inside the test process. Here the jobs are
-launched the way a user launches them on a cluster: ``spark-submit --master spark://...`` with Delta from
-``--packages`` and the code from ``--py-files`` (the workers' environment has no ``PYTHONPATH`` to the checkout),
-and training on ``training.ray_address`` (the Ray nodes have the code, as a cluster image would). The clusters are
+Every other test runs Spark as ``local[*]`` inside one JVM and Ray inside the test process. Here the nightly is
+launched the way a user launches it on a cluster: ``infra/spark/submit.sh`` (``spark-submit --master spark://...``
+with Delta from ``--packages`` and, with no packed env, the code as a ``--py-files`` zip: the workers' environment
+has no ``PYTHONPATH`` to the checkout), and training on ``training.ray_address`` (the Ray nodes have the code, as a
+cluster image would). The input lakehouse is ingested in-process by the local session: ingest is not what this
+test is about, and a second application on the cluster costs minutes. The clusters are
 started from the pip pyspark's ``spark-class`` and ``ray start``, all bound to 127.0.0.1 on free ports, and their
 process groups are killed in teardown whatever happens (``ray stop`` would stop every Ray on the machine).
 """
@@ -30,7 +32,7 @@ import pytest
 
 from tests.conftest import REPO
 
-pytestmark = pytest.mark.slow  # two clusters, two spark-submits, a Ray Train run: a few minutes
+pytestmark = pytest.mark.slow  # two clusters, a spark-submit of the nightly, a Ray Train run: a few minutes
 
 BIN = Path(sys.executable).parent
 DELTA = next(line.split("==")[1].split('"')[0] for line in (REPO / "pyproject.toml").read_text().splitlines()
@@ -39,7 +41,14 @@ START = dt.date(2026, 1, 1)
 DAYS = 5
 NIGHT = START + dt.timedelta(days=DAYS - 1)
 K = 5
-CODE = ("driftrec", "jobs", "spark_udfs", "ray_trainers")
+# Sized for two 1-core executors on tiny data: the example spark-defaults.conf is for ~100M events a night.
+TINY = {"spark.executor.memory": "1g", "spark.executor.cores": "1", "spark.executor.memoryOverhead": "512m",
+        "spark.dynamicAllocation.enabled": "false", "spark.ui.enabled": "false",
+        # Delta rebuilds table state with 50 tasks by default: far too many for two 1-core executors.
+        "spark.databricks.delta.snapshotPartitions": "2", "spark.default.parallelism": "2",
+        "spark.sql.adaptive.coalescePartitions.initialPartitionNum": "2",
+        # Every executor is on 127.0.0.1: waiting 3 s per stage for a "better" slot only adds time.
+        "spark.locality.wait": "0s", "spark.pyspark.python": sys.executable}
 
 
 def _free_port() -> int:
@@ -135,7 +144,7 @@ def clusters():
 
     previous = signal.signal(signal.SIGTERM, _terminate)  # a `timeout` kill still runs the teardown below
     try:
-        # ---- Spark standalone: one master, two workers of 1 core / 2g each ----
+        # Spark and Ray start side by side: each waits only on its own nodes.
         spark_env = _clean_env(SPARK_LOG_DIR=str(logs), SPARK_WORKER_OPTS="-Dspark.worker.cleanup.enabled=false")
         port, ui = _free_port(), _free_port()
         master = f"spark://127.0.0.1:{port}"
@@ -143,19 +152,6 @@ def clusters():
         launch("master", [spark_class, "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1",
                           "--port", str(port), "--webui-port", str(ui)], spark_env)
         spark_ui = f"http://127.0.0.1:{ui}"
-        _wait("spark master", lambda: _json(f"{spark_ui}/json/")["status"] == "ALIVE", 90, [logs / "master.log"])
-        worker_dirs = []
-        for i in (1, 2):
-            work = base / f"spark-worker-{i}"
-            work.mkdir()
-            worker_dirs.append(work)
-            launch(f"worker{i}", [spark_class, "org.apache.spark.deploy.worker.Worker", "--host", "127.0.0.1",
-                                  "--port", str(_free_port()), "--webui-port", str(_free_port()), "--cores", "1",
-                                  "--memory", "2g", "--work-dir", str(work), master],
-                   {**spark_env, "SPARK_WORKER_DIR": str(work)})
-        _wait("two spark workers",
-              lambda: sum(w["state"] == "ALIVE" for w in _json(f"{spark_ui}/json/")["workers"]) == 2,
-              90, [logs / "master.log", logs / "worker1.log", logs / "worker2.log"])
 
         # ---- Ray: a head and a second node, 1 CPU each; the nodes have the code (like a cluster image) ----
         ray_env = _clean_env(PYTHONPATH=str(REPO))
@@ -166,10 +162,26 @@ def clusters():
         head = launch("ray-head", [str(BIN / "ray"), "start", "--head", f"--port={gcs}", f"--temp-dir={base / 'ray'}",
                                    "--include-dashboard=false",
                                    f"--dashboard-agent-listen-port={_free_port()}", *common], ray_env)
+
+        # ---- Spark standalone: one master, two workers of 1 core / 2g each ----
+        _wait("spark master", lambda: _json(f"{spark_ui}/json/")["status"] == "ALIVE", 90, [logs / "master.log"])
+        worker_dirs = []
+        for i in (1, 2):
+            work = base / f"spark-worker-{i}"
+            work.mkdir()
+            worker_dirs.append(work)
+            launch(f"worker{i}", [spark_class, "org.apache.spark.deploy.worker.Worker", "--host", "127.0.0.1",
+                                  "--port", str(_free_port()), "--webui-port", str(_free_port()), "--cores", "1",
+                                  "--memory", "2g", "--work-dir", str(work), master],
+                   {**spark_env, "SPARK_WORKER_DIR": str(work)})
+
         assert head.wait(timeout=180) == 0, (logs / "ray-head.log").read_text()[-3000:]
         node = launch("ray-node", [str(BIN / "ray"), "start", f"--address={ray_address}",
                                    f"--dashboard-agent-listen-port={_free_port()}", *common], ray_env)
         assert node.wait(timeout=180) == 0, (logs / "ray-node.log").read_text()[-3000:]
+        _wait("two spark workers",
+              lambda: sum(w["state"] == "ALIVE" for w in _json(f"{spark_ui}/json/")["workers"]) == 2,
+              90, [logs / "master.log", logs / "worker1.log", logs / "worker2.log"])
         probe = ("import ray, json; ray.init(address='%s', log_to_driver=False); "
                  "print(json.dumps([n['NodeManagerPort'] for n in ray.nodes() if n['Alive']]))" % ray_address)
         _wait("two ray nodes", lambda: len(json.loads(subprocess.run(
@@ -183,32 +195,21 @@ def clusters():
         shutil.rmtree(base, ignore_errors=True)
 
 
-def _code_zip(dest: Path) -> Path:
-    """The product's packages as one archive for ``--py-files`` (what a user ships next to the job script)."""
-    with zipfile.ZipFile(dest, "w") as z:
-        for pkg in CODE:
-            for f in sorted((REPO / pkg).rglob("*")):
-                if f.is_file() and "__pycache__" not in f.parts:
-                    z.write(f, f.relative_to(REPO).as_posix())
-    return dest
-
-
 def _submit(c: Clusters, cwd: Path, code: Path, job: str, *args: str) -> tuple[int, str]:
-    """spark-submit one job the way infra/spark/submit.sh does, with the example spark-defaults.conf sized down."""
-    sized = {"spark.executor.memory": "1g", "spark.executor.cores": "1", "spark.executor.memoryOverhead": "512m",
-             "spark.dynamicAllocation.enabled": "false", "spark.ui.enabled": "false",
-             # Delta rebuilds table state with 50 tasks by default: far too many for two 1-core executors.
-             "spark.databricks.delta.snapshotPartitions": "2", "spark.pyspark.python": sys.executable}
-    cmd = [str(BIN / "spark-submit"), "--master", c.spark_master, "--deploy-mode", "client",
-           "--name", f"driftrec-{job}", "--packages", f"io.delta:delta-spark_2.13:{DELTA}", "--py-files", str(code),
-           "--properties-file", str(REPO / "infra" / "spark" / "spark-defaults.conf"), "--driver-memory", "2g",
-           "--total-executor-cores", "2", *(a for k, v in sized.items() for a in ("--conf", f"{k}={v}")),
-           str(REPO / "jobs" / f"{job}.py"), *args]
+    """``infra/spark/submit.sh JOB`` against the standalone master, the example spark-defaults.conf sized down.
+
+    No packed env exists at ``DRIFTREC_ENV``, so submit.sh zips the code to ``code`` and ships it with --py-files.
+    """
+    extra = ["--properties-file", str(REPO / "infra" / "spark" / "spark-defaults.conf"), "--driver-memory", "2g",
+             "--total-executor-cores", "2", *(a for k, v in TINY.items() for a in ("--conf", f"{k}={v}"))]
+    env = _clean_env(SPARK_MASTER=c.spark_master, DELTA_PACKAGE=f"io.delta:delta-spark_2.13:{DELTA}",
+                     DRIFTREC_ENV=str(cwd / "no-packed-env.tar.gz"), DRIFTREC_CODE=str(code),
+                     SPARK_SUBMIT_EXTRA=" ".join(extra), PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
     log = cwd / f"{job}.log"
     with open(log, "w") as out:
         # Its own session: on a timeout or an interrupt the driver's Python goes with the JVM.
-        p = subprocess.Popen(cmd, cwd=cwd, env=_clean_env(), stdout=out, stderr=subprocess.STDOUT,
-                             start_new_session=True)
+        p = subprocess.Popen(["bash", str(REPO / "infra" / "spark" / "submit.sh"), job, *args], cwd=cwd, env=env,
+                             stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             rc = p.wait(timeout=900)
         finally:
@@ -218,38 +219,40 @@ def _submit(c: Clusters, cwd: Path, code: Path, job: str, *args: str) -> tuple[i
     return rc, log.read_text(errors="replace")
 
 
-def test_nightly_runs_on_a_standalone_spark_cluster_and_a_two_node_ray_cluster(clusters, tmp_path):
+def test_nightly_runs_on_a_standalone_spark_cluster_and_a_two_node_ray_cluster(clusters, spark, tmp_path):
     from deltalake import DeltaTable
 
     from driftrec.config import SyntheticConfig
-    from driftrec.synthetic import write_dataset
+    from driftrec.synthetic import generate
+    from tests.conftest import make_conf
+    from tests.transfer_helpers import load
 
     c = clusters
-    data = write_dataset(SyntheticConfig(users=40, items=30, categories=3, days=DAYS, seed=5,
-                                         start_date=START.isoformat()), tmp_path / "data")
-    lake = tmp_path / "lake"
-    code = _code_zip(tmp_path / "driftrec-code.zip")
-    common = ["--lakehouse", str(lake), "--set", f'lakehouse.database="c_{uuid.uuid4().hex[:8]}"',
-              "--set", "spark.shuffle_partitions=2"]
-
+    data = generate(SyntheticConfig(users=40, items=30, categories=3, days=DAYS, seed=5,
+                                    start_date=START.isoformat()))
+    lake, db = tmp_path / "lake", f'lakehouse.database="c_{uuid.uuid4().hex[:8]}"'
     t0 = time.time()
-    rc, out = _submit(c, tmp_path, code, "ingest", *common, "--events", data["events_dir"], "--items", data["items"],
-                      "--format", "parquet")
-    assert rc == 0, out[-8000:]
-    print(f"ingest on the cluster: {time.time() - t0:.0f}s")
-    assert DeltaTable(str(lake / "events")).to_pyarrow_table().num_rows == data["n_events"]
+    load(spark, make_conf(lake, db), data.events, data.items)  # the input lakehouse, ingested in-process
+    print(f"local ingest: {time.time() - t0:.0f}s")
+    assert DeltaTable(str(lake / "events")).to_pyarrow_table().num_rows == len(data.events)
+    code = tmp_path / "driftrec-code.zip"
+    common = ["--lakehouse", str(lake), "--set", db,
+              "--set", "spark.shuffle_partitions=2"]
 
     t0 = time.time()
     rc, out = _submit(
         c, tmp_path, code, "nightly", "--date", NIGHT.isoformat(), *common,
         "--set", f'training.ray_address="{c.ray_address}"', "--set", "training.num_workers=2",
         "--set", "training.d_model=16", "--set", "training.layers=1", "--set", "training.max_seq_len=8",
+        "--set", "training.heads=1", "--set", "training.max_chunks_per_user=1", "--set", "training.max_valid_users=8",
         "--set", "training.epochs=1", "--set", "training.batch_size=64",
         "--set", f"topk.k={K}", "--set", "topk.lookback_days=2", "--set", "topk.users_per_batch=32",
         "--set", "topk.partitions=2",
     )
     assert rc == 0, out[-10000:]
     print(f"nightly on the clusters: {time.time() - t0:.0f}s")
+    # submit.sh found no packed env and shipped the code it zipped (the workers have no PYTHONPATH to the checkout).
+    assert {"jobs/nightly.py", "driftrec/__init__.py"} <= set(zipfile.ZipFile(code).namelist())
 
     runs = DeltaTable(str(lake / "pipeline_runs")).to_pandas()
     assert sorted(runs["stage"]) == ["embed_items", "migrate", "topk", "train"]
@@ -270,13 +273,12 @@ def test_nightly_runs_on_a_standalone_spark_cluster_and_a_two_node_ray_cluster(c
     stage = runs.set_index("stage")
     assert stage.loc["topk", "rows_out"] == len(recs) and stage.loc["topk", "rows_in"] == len(per_user)
     assert stage.loc["train", "model_version"] == stage.loc["topk", "model_version"] == models["version"].iloc[0]
-    assert stage.loc["embed_items", "rows_out"] == data["n_items"]
+    assert stage.loc["embed_items", "rows_out"] == len(data.items)
 
-    # Both applications ran on the standalone master, with executors on both workers.
+    # The nightly ran on the standalone master, with executors on both workers.
     state = _json(f"{c.spark_ui}/json/")
     done = {a["name"]: a for a in state["completedapps"]}
-    assert {"driftrec-ingest", "driftrec-nightly"} <= set(done), state
-    assert all(done[n]["state"] == "FINISHED" for n in ("driftrec-ingest", "driftrec-nightly"))
+    assert "driftrec-nightly" in done and done["driftrec-nightly"]["state"] == "FINISHED", state
     nightly_app = done["driftrec-nightly"]["id"]
     for work in c.worker_dirs:
         assert (work / nightly_app).is_dir(), f"no executor of {nightly_app} on the worker of {work}"

@@ -6,6 +6,7 @@
 # Environment:
 #   SPARK_MASTER     (default: yarn)        DEPLOY_MODE (default: client)
 #   DRIFTREC_ENV     packed venv from infra/spark/pack_env.sh (default: dist/driftrec-env.tar.gz)
+#   DRIFTREC_CODE    where to zip the code when there is no packed venv (default: dist/driftrec-code.zip)
 #   DELTA_PACKAGE    (default: io.delta:delta-spark_2.13:4.4.0, the version delta-spark pins in pyproject.toml)
 #   SPARK_SUBMIT_EXTRA  further spark-submit options, e.g. "--conf spark.executor.instances=20"
 # The job code never sets the master: it comes from here (or spark-defaults.conf).
@@ -24,6 +25,11 @@ ARGS=(--master "${SPARK_MASTER:-yarn}" --deploy-mode "${DEPLOY_MODE:-client}"
 if [ -f "$ENV_ARCHIVE" ]; then
   # Executors run Python from the unpacked archive; in client mode the driver uses the local one.
   ARGS+=(--archives "$ENV_ARCHIVE#environment" --conf spark.pyspark.python=./environment/bin/python)
+else
+  # No packed venv: the executors' Python has the dependencies but not driftrec, so ship the code itself.
+  CODE_ZIP="${DRIFTREC_CODE:-$REPO/dist/driftrec-code.zip}"
+  python3 "$REPO/infra/spark/pack_code.py" "$CODE_ZIP" >/dev/null
+  ARGS+=(--py-files "$CODE_ZIP")
 fi
 # shellcheck disable=SC2086
 exec spark-submit "${ARGS[@]}" ${SPARK_SUBMIT_EXTRA:-} "$APP" "$@"
