@@ -17,7 +17,7 @@ from driftrec.runlock import LOCK_NAME, PipelineLocked, RunLock, process_start
 from driftrec.tables import RUN_LOCK
 from tests.conftest import make_conf
 
-ROUNDS, CONTENDERS = 30, 3
+ROUNDS, CONTENDERS = 12, 3
 
 
 def _attempt(lock: RunLock, start: threading.Barrier) -> bool:
