@@ -144,7 +144,6 @@ def clusters():
 
     previous = signal.signal(signal.SIGTERM, _terminate)  # a `timeout` kill still runs the teardown below
     try:
-        # Spark and Ray start side by side: each waits only on its own nodes.
         spark_env = _clean_env(SPARK_LOG_DIR=str(logs), SPARK_WORKER_OPTS="-Dspark.worker.cleanup.enabled=false")
         port, ui = _free_port(), _free_port()
         master = f"spark://127.0.0.1:{port}"
@@ -152,16 +151,6 @@ def clusters():
         launch("master", [spark_class, "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1",
                           "--port", str(port), "--webui-port", str(ui)], spark_env)
         spark_ui = f"http://127.0.0.1:{ui}"
-
-        # ---- Ray: a head and a second node, 1 CPU each; the nodes have the code (like a cluster image) ----
-        ray_env = _clean_env(PYTHONPATH=str(REPO))
-        gcs = _free_port()
-        ray_address = f"127.0.0.1:{gcs}"
-        common = ["--num-cpus=1", "--node-ip-address=127.0.0.1", "--object-store-memory=200000000",
-                  "--disable-usage-stats"]
-        head = launch("ray-head", [str(BIN / "ray"), "start", "--head", f"--port={gcs}", f"--temp-dir={base / 'ray'}",
-                                   "--include-dashboard=false",
-                                   f"--dashboard-agent-listen-port={_free_port()}", *common], ray_env)
 
         # ---- Spark standalone: one master, two workers of 1 core / 2g each ----
         _wait("spark master", lambda: _json(f"{spark_ui}/json/")["status"] == "ALIVE", 90, [logs / "master.log"])
@@ -175,18 +164,40 @@ def clusters():
                                   "--memory", "2g", "--work-dir", str(work), master],
                    {**spark_env, "SPARK_WORKER_DIR": str(work)})
 
-        assert head.wait(timeout=180) == 0, (logs / "ray-head.log").read_text()[-3000:]
-        node = launch("ray-node", [str(BIN / "ray"), "start", f"--address={ray_address}",
-                                   f"--dashboard-agent-listen-port={_free_port()}", *common], ray_env)
-        assert node.wait(timeout=180) == 0, (logs / "ray-node.log").read_text()[-3000:]
         _wait("two spark workers",
               lambda: sum(w["state"] == "ALIVE" for w in _json(f"{spark_ui}/json/")["workers"]) == 2,
               90, [logs / "master.log", logs / "worker1.log", logs / "worker2.log"])
+        # ---- Ray: a head and a second node, 1 CPU each; the nodes have the code (like a cluster image) ----
+        # Started after Spark is up, one node at a time: `ray start` gives a raylet a fixed 30 s to register, which
+        # a 2-core machine busy starting JVMs can miss; a node that timed out is killed and started again.
+        ray_env = _clean_env(PYTHONPATH=str(REPO))
+        common = ["--num-cpus=1", "--node-ip-address=127.0.0.1", "--object-store-memory=200000000",
+                  "--disable-usage-stats"]
+
+        def ray_start(name: str, args) -> None:
+            for attempt in range(3):
+                p = launch(f"{name}-{attempt}", [str(BIN / "ray"), "start", *args(),
+                                                 f"--dashboard-agent-listen-port={_free_port()}", *common], ray_env)
+                if p.wait(timeout=180) == 0:
+                    return
+                _kill_groups([p], f"{name}-{attempt}")
+                time.sleep(5)
+            raise AssertionError((logs / f"{name}-2.log").read_text()[-3000:])
+
+        gcs: list[int] = []
+
+        def head_args() -> list[str]:
+            gcs.append(_free_port())  # a fresh port per attempt: a killed GCS may still hold the last one
+            return ["--head", f"--port={gcs[-1]}", f"--temp-dir={base / 'ray'}", "--include-dashboard=false"]
+
+        ray_start("ray-head", head_args)
+        ray_address = f"127.0.0.1:{gcs[-1]}"
+        ray_start("ray-node", lambda: [f"--address={ray_address}"])
         probe = ("import ray, json; ray.init(address='%s', log_to_driver=False); "
                  "print(json.dumps([n['NodeManagerPort'] for n in ray.nodes() if n['Alive']]))" % ray_address)
         _wait("two ray nodes", lambda: len(json.loads(subprocess.run(
             [sys.executable, "-c", probe], env=ray_env, capture_output=True, text=True, timeout=60, cwd=base,
-        ).stdout.strip().splitlines()[-1])) == 2, 120, [logs / "ray-head.log", logs / "ray-node.log"])
+        ).stdout.strip().splitlines()[-1])) == 2, 120, sorted(logs.glob("ray-*.log")))
 
         yield Clusters(master, spark_ui, worker_dirs, ray_address, ray_env)
     finally:
