@@ -61,7 +61,10 @@ def _clean_env(**extra: str) -> dict[str, str]:
     """This environment without the checkout on PYTHONPATH: code must reach the cluster the way a user ships it."""
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "SPARK_HOME", "SPARK_CONF_DIR")}
     env.update(PYSPARK_PYTHON=sys.executable, PYSPARK_DRIVER_PYTHON=sys.executable, SPARK_LOCAL_IP="127.0.0.1",
-               RAY_USAGE_STATS_ENABLED="0", **extra)
+               RAY_USAGE_STATS_ENABLED="0",
+               # A loopback-only test cluster: no token auth, so nodes and drivers never depend on the machine-wide
+               # ~/.ray/auth_token that other Ray processes on this machine may create or replace.
+               RAY_AUTH_MODE="disabled", **extra)
     return env
 
 
