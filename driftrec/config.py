@@ -282,7 +282,8 @@ class PipelineConfig(_Section):
     # since they were processed (late arrivals, deletions) are recomputed. Older changes wait for an explicit
     # `driftrec migrate --from`; training and top-k read every stored event, late or not, from the next night on.
     late_window_days: int = Field(default=7, ge=0)
-    # A run lock older than this with no live owner on this host counts as stale and may be broken.
+    # A run lock taken on another host counts as stale after this long (its process cannot be checked from here);
+    # on this host the owner's process decides, however long it runs.
     lock_stale_hours: float = Field(default=12.0, gt=0)
 
 

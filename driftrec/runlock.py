@@ -7,10 +7,12 @@ the lock is a row of a small Delta table at ``<root>/_pipeline/run_lock``; acqui
 owner row only when there is none (or replaces a stale one, named by its token). Delta commits by a put-if-absent
 of the next log file through its LogStore, so of two concurrent MERGEs one commits and the other fails with a
 concurrency exception (the table is also ``delta.isolationLevel = Serializable``); the loser re-reads and finds the
-winner. The lock is therefore exactly as safe as the Delta tables it guards, on every store Delta supports.
+winner. The lock is therefore exactly as safe as the Delta tables it guards: atomic on local disks, HDFS, ADLS and
+GCS; on S3 only with Delta's multi-cluster log store (``S3DynamoDBLogStore``), which concurrent writers need there
+for the tables too.
 
-A holder is stale when its row is older than ``pipeline.lock_stale_hours``, or it ran on this host and its process
-is gone (the pid's start time is recorded too, so a reused pid does not keep a dead run's lock alive).
+A holder is stale when it ran on this host and its process is gone, or it ran on another host (whose processes
+cannot be checked from here) and its row is older than ``pipeline.lock_stale_hours`` (the pid's start time is recorded too, so a reused pid does not keep a dead run's lock alive).
 """
 
 from __future__ import annotations
@@ -108,10 +110,12 @@ class RunLock:
         return rows[0] if rows else None
 
     def stale(self, owner: Row) -> bool:
+        """On this host the owner's process decides (a long backfill keeps its lock); an owner on another host
+        cannot be checked from here, so it holds until ``pipeline.lock_stale_hours``."""
+        if owner["host"] == socket.gethostname():
+            return not _alive(int(owner["pid"]), owner["pid_started"])
         age = dt.datetime.now(dt.UTC).replace(tzinfo=None) - owner["acquired_at"]
-        if age > dt.timedelta(hours=self.stale_hours):
-            return True
-        return owner["host"] == socket.gethostname() and not _alive(int(owner["pid"]), owner["pid_started"])
+        return age > dt.timedelta(hours=self.stale_hours)
 
     def _describe(self, owner: Row) -> str:
         return (f"another nightly run is active on this lakehouse: run {owner['run_id']} (pid {owner['pid']} on "

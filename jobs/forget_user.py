@@ -165,7 +165,7 @@ class ForgetUserJob:
         return hours
 
     def run(self, user_ids: list[int], vacuum: bool = True, retention_hours: float | None = None) -> ForgetReport:
-        """Delete, then VACUUM; holds the nightly run lock so it never races a nightly stage's writes."""
+        """Delete, then VACUUM; holds the run lock so it never races a `driftrec nightly` run's writes."""
         ids = self.stored_ids(check_user_ids(user_ids))
         hours = self._retention(retention_hours) if vacuum else None
         report = ForgetReport(users=len(ids), retention_hours=hours)

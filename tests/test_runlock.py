@@ -68,6 +68,10 @@ def test_stale_owners_are_taken_over_and_live_ones_refuse(spark, tmp_path):
     _plant(spark, lock)
     with pytest.raises(PipelineLocked, match=rf"run planted-run \(pid {os.getpid()} on {socket.gethostname()}"):
         lock.acquire()
+    # The same live owner, past lock_stale_hours (a long backfill): still refused, its process decides.
+    _plant(spark, lock, acquired_at=dt.datetime.now(dt.UTC).replace(tzinfo=None) - dt.timedelta(hours=3))
+    with pytest.raises(PipelineLocked, match="planted-run"):
+        lock.acquire()
     # Another host, recent: its process cannot be checked from here, so it holds until the stale age.
     _plant(spark, lock, host="elsewhere", pid=1)
     with pytest.raises(PipelineLocked, match="planted-run"):

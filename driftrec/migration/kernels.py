@@ -1,7 +1,8 @@
 """The migration engine's arithmetic, in one place: the interest recurrence, the terms of ``p(u, i, t+1)`` and the
 choice of a reason.
 
-Every production path calls these functions (the one-pass rebuild, top-k scoring, evaluation), so a change of the
+Every production path calls these functions (the nightly interest update, the one-pass rebuild, top-k scoring,
+evaluation), so a change of the
 formula is an edit of this module. They are batched: a function over a user's ``(K,)`` interest or ``(K, K)``
 matrix also takes ``(U, K)`` / ``(U, K, K)`` stacks, and the item terms read the successor matrix as CSR. Spark
 reference transforms in ``tests/reference_migration.py`` are checked against them on small inputs. Categories are
