@@ -32,7 +32,13 @@ import pytest
 
 from tests.conftest import REPO
 
-pytestmark = pytest.mark.slow  # two clusters, a spark-submit of the nightly, a Ray Train run: a few minutes
+# Opt-in: two clusters, a spark-submit of the nightly and a Ray Train run take ~10 minutes on a 2-core machine, which
+# the CI time limit cannot hold beside the rest of the suite until the suite is faster (the speed issue).
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(os.environ.get("DRIFTREC_CLUSTER_TESTS") != "1",
+                       reason="cluster-mode test (~10 min): run with DRIFTREC_CLUSTER_TESTS=1"),
+]
 
 BIN = Path(sys.executable).parent
 DELTA = next(line.split("==")[1].split('"')[0] for line in (REPO / "pyproject.toml").read_text().splitlines()
