@@ -66,6 +66,11 @@ def _file_path(uri: str) -> str:
     return path.rstrip("/") or "/"
 
 
+def hadoop_spelling(location: str) -> str:
+    """``file:/x`` for any spelling of a local file URI (Hadoop's qualified form); other locations unchanged."""
+    return "file:" + _file_path(location) if _scheme(location) == "file" else location
+
+
 def same_location(a: str, b: str) -> bool:
     """Whether two locations are the same place: ``file:/x``, ``file:///x`` and ``/x`` are."""
     def canon(loc: str) -> str:

@@ -37,7 +37,7 @@ from pyspark.sql import Row, SparkSession
 from pyspark.sql import functions as F
 
 from driftrec.config import Config
-from driftrec.lakehouse import Lakehouse
+from driftrec.lakehouse import Lakehouse, hadoop_spelling
 from driftrec.tables import RUN_LOCK
 
 log = logging.getLogger("driftrec.runlock")
@@ -86,7 +86,9 @@ class RunLock:
     def __init__(self, spark: SparkSession, conf: Config, run_id: str, *, stale_hours: float | None = None,
                  attempts: int = 5):
         self.spark = spark
-        self.path = Lakehouse.of(conf).run_lock_path()
+        # Hadoop's own spelling of a file URI (file:/x): a path-only CREATE compares the identifier with the
+        # qualified location and refuses file:///x as a different place (DELTA_AMBIGUOUS_PATHS_IN_CREATE_TABLE).
+        self.path = hadoop_spelling(Lakehouse.of(conf).run_lock_path())
         self.run_id = run_id
         self.stale_hours = conf.pipeline.lock_stale_hours if stale_hours is None else stale_hours
         self.attempts = attempts

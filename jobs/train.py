@@ -226,14 +226,12 @@ class TrainJob:
 
     def _fit(self, files: list[str], start: Start, ds: dt.date, version: int):
         """Ray Train on tonight's sequences; ``(fit result, published checkpoint directory)``."""
-        import ray
-
         from ray_trainers import sasrec_trainer
         from ray_trainers.data import read_training_sequences
+        from ray_trainers.session import ensure_ray
 
         conf, t = self.conf, self.conf.training
-        if not ray.is_initialized():
-            ray.init(address=t.ray_address or None)
+        ensure_ray(t.ray_address or None)
         train_ds = read_training_sequences(files, t.materialize_data)
         lake = lakehouse.Lakehouse.of(conf)
         fit = sasrec_trainer.fit(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from pathlib import Path
 
@@ -11,6 +12,22 @@ from driftrec.config import Config, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 ML_LATEST_SMALL = REPO.parent / "shared" / "data" / "ml-latest-small"
+
+# Every JVM the tests start (the session's, and those of child `driftrec`/`spark-submit` processes) compiles with C1
+# only: on test-sized data the C2 compiler burns most of a core for no shorter run, and the suite runs two workers.
+os.environ.setdefault("JAVA_TOOL_OPTIONS", "-XX:TieredStopAtLevel=1")
+
+# The longest files first, so that with two workers (infra/local/test.sh) the long pole starts at once.
+LONGEST_FIRST = (
+    "test_nightly.py", "test_migration_engine.py", "test_migration_bulk.py", "test_transfer_learning.py",
+    "test_migration_synthetic.py", "test_evaluation.py", "test_topk.py", "test_runlock.py", "test_forget_user.py",
+    "test_lakehouse_paths.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
 
 
 def make_conf(root: Path, *extra: str) -> Config:

@@ -60,8 +60,9 @@ def evaluated(spark, tmp_path_factory):
     conf = make_conf(tmp_path_factory.mktemp("eval") / "lh", *SETTINGS, "evaluation.protocols=['temporal']")
     events, items = _data()
     load(spark, conf, events, items)
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    from ray_trainers.session import ensure_ray
+
+    ensure_ray(num_cpus=2, include_dashboard=False, log_to_driver=False)  # retried local start
     try:
         report = EvaluationJob(spark, conf, "synthetic", run_id="run-1").run()
     finally:

@@ -114,6 +114,15 @@ def test_join_and_bad_roots():
         Lakehouse("file://otherhost/x")
 
 
+def test_hadoop_spelling_of_file_uris():
+    from driftrec.lakehouse import hadoop_spelling
+
+    for spelling in ("file:///data/lake/x", "file:/data/lake/x", "file://localhost/data/lake/x/"):
+        assert hadoop_spelling(spelling) == "file:/data/lake/x"
+    assert hadoop_spelling("/data/lake/x") == "/data/lake/x"
+    assert hadoop_spelling("s3a://b/lake/x") == "s3a://b/lake/x"
+
+
 def test_locations_compare_as_places():
     assert same_location("file:/data/lake/events", "/data/lake/events")
     assert same_location("file:///data/lake/events/", "file:/data/lake/events")

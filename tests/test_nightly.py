@@ -91,8 +91,9 @@ def world(spark, tmp_path_factory) -> World:
     data = generate(SyntheticConfig(users=50, items=40, categories=3, days=6, seed=11, start_date=START.isoformat()))
     events = data.events[pd.to_datetime(data.events["timestamp"], unit="s").dt.date <= D1]
     load(spark, main, events, data.items)
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    from ray_trainers.session import ensure_ray
+
+    ensure_ray(num_cpus=2, include_dashboard=False, log_to_driver=False)  # retried local start
     snapshots, run_ids = {}, []
     for stage in ORDER:  # D0 one stage per invocation, copying the lakehouse before each
         snapshots[stage] = base / f"before_{stage}"
@@ -233,6 +234,9 @@ def _data_files(table_dir: Path) -> set[str]:
             if p.is_file() and "_delta_log" not in p.parts and p.suffix == ".parquet"}
 
 
+_COMMIT_ADDS: dict[Path, set[str]] = {}  # a commit file never changes once it exists: read each one once
+
+
 def _referenced(table_dir: Path) -> set[str]:
     """Data files some commit of the table added (its whole history, not only the current snapshot)."""
     import json
@@ -240,10 +244,14 @@ def _referenced(table_dir: Path) -> set[str]:
 
     paths = set()
     for commit in (table_dir / "_delta_log").glob("*.json"):
-        for line in commit.read_text().splitlines():
-            action = json.loads(line) if line.strip() else {}
-            if "add" in action:
-                paths.add(unquote(action["add"]["path"]))
+        if commit not in _COMMIT_ADDS:
+            adds = set()
+            for line in commit.read_text().splitlines():
+                action = json.loads(line) if line.strip() else {}
+                if "add" in action:
+                    adds.add(unquote(action["add"]["path"]))
+            _COMMIT_ADDS[commit] = adds
+        paths |= _COMMIT_ADDS[commit]
     return paths
 
 

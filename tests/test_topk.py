@@ -74,8 +74,9 @@ def scenario(spark, tmp_path_factory) -> Scenario:
     # The nightly order for two nights; the model trained through yesterday serves tonight.
     MigrationJob(spark, conf).run(YESTERDAY)
     EmbedItemsJob(spark, conf).run()
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    from ray_trainers.session import ensure_ray
+
+    ensure_ray(num_cpus=2, include_dashboard=False, log_to_driver=False)  # retried local start
     try:
         TrainJob(spark, conf).run(YESTERDAY)
     finally:

@@ -36,14 +36,9 @@ NIGHT2 = START + dt.timedelta(days=19)
 def ray_local():
     import ray
 
-    for attempt in range(3):  # on a busy shared machine the raylet can miss Ray's fixed 30 s start-up window
-        try:
-            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-            break
-        except Exception:
-            ray.shutdown()
-            if attempt == 2:
-                raise
+    from ray_trainers.session import ensure_ray
+
+    ensure_ray(num_cpus=2, include_dashboard=False, log_to_driver=False)  # retried: Ray's fixed 30 s start window
     yield
     ray.shutdown()
 
