@@ -317,6 +317,7 @@ def _assert_same(left: pd.DataFrame, right: pd.DataFrame, what: str) -> None:
             assert norm(a) == norm(b), f"{what}.{col} differs"
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("stage", ORDER)
 def test_a_stage_killed_mid_write_reruns_to_the_same_tables(spark, world, tmp_path, stage):
     root = tmp_path / "lh"
@@ -391,6 +392,7 @@ def ontime(spark, world, tmp_path_factory) -> Config:
     return conf
 
 
+@pytest.mark.heavy
 def test_late_events_inside_the_window_end_as_if_they_had_come_on_time(spark, world, ontime, tmp_path):
     migrate_only = 'pipeline.stages=["migrate"]'
     # Late: D0 processed, then an event for D0 arrives; the next night (D1) finds it and recomputes D0 first.
@@ -457,6 +459,7 @@ def test_driftrec_migrate_records_the_row_the_nightly_records(spark, world, tmp_
     assert NightlyJob(spark, conf).plan([D0]) == [(D0, ORDER[1:])]
 
 
+@pytest.mark.heavy
 def test_the_standalone_migrate_job_replays_late_events_inside_the_window(spark, world, ontime, tmp_path):
     from jobs import migrate
 
