@@ -31,8 +31,9 @@ HEAVY_ENV = "DRIFTREC_HEAVY_TESTS"
 def pytest_configure(config):
     config.addinivalue_line(
         "markers",
-        f"heavy: whole-night robustness scenarios (kill mid-write, late-event replay) that need several extra nights "
-        f"at ~1.5 min each; opt-in with {HEAVY_ENV}=1 until a night costs seconds (speed issue), so the suite fits CI",
+        f"heavy: whole-night robustness scenarios (kill mid-write, late-event replay) and multi-night scale checks "
+        f"(rebuild vs nights, fit recovery) that need many nights at ~1.5 min each on test data; opt-in with "
+        f"{HEAVY_ENV}=1 until a night costs seconds (speed issue), so the suite fits CI's time",
     )
 
 

@@ -48,6 +48,7 @@ def _rows(spark, conf, spec, keys, cols):
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_rebuild_matches_nightly_counts_and_leaks_nothing_after_the_cutoff(spark, tmp_path):
     end = D[3]
     nightly = _lakehouse(spark, tmp_path / "nightly", _events())
