@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -68,6 +69,132 @@ def test_batched_recurrence_equals_the_per_user_loop_and_stays_a_distribution(se
         want = _one_user_loop(days[lo:hi], evidence[lo:hi], one, g, pg, a, b, s, kappa)
         for name, w in zip(("p", "m", "p_new", "rt", "lt"), want, strict=True):
             np.testing.assert_allclose(got[name][lo:hi], w, rtol=1e-12, atol=1e-14, err_msg=name)
+
+
+def _sub_batch(starts, pairs, lo, hi):
+    """Rows ``lo[u]:hi[u]`` of each user as a batch of their own: its ``starts``, the rows taken, remapped pairs."""
+    sub_starts = np.concatenate([[0], np.cumsum(hi - lo)])
+    taken = np.concatenate([np.arange(a, b) for a, b in zip(lo, hi, strict=True)]).astype(np.int64)
+    new_row = np.full(starts[-1], -1)
+    new_row[taken] = np.arange(len(taken))
+    keep = new_row[pairs[0]] >= 0
+    return sub_starts, taken, (new_row[pairs[0][keep]], pairs[1][keep], pairs[2][keep], pairs[3][keep])
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n_users=st.integers(1, 7), n_cats=st.integers(1, 5),
+       s=st.sampled_from([0.0, 2.0]))
+def test_recurrence_split_at_any_day_and_resumed_from_the_decayed_state_equals_one_pass(seed, n_users, n_cats, s):
+    """Days 1..n in one call equal days 1..k, then k+1..n from the state after day k decayed to day k+1 (what a
+    night does with the stored state). k is drawn per user in 0..n: k = 0 resumes from the default start; k = n
+    leaves the user no later rows, and the second call must hand that user's state back untouched."""
+    rng = np.random.default_rng(seed)
+    starts, days, evidence, pairs = _history(rng, n_users, n_cats)
+    g, pg = _dist(rng, n_cats), _dist(rng, n_cats, n_cats)
+    kw = dict(**HALF_LIVES, shrinkage_strength=s, prior_strength=4.0)
+    whole = k.interest_recurrence(starts, days, evidence, pairs, g, pg, 0.5, 0.3, **kw)
+    lo, hi = starts[:-1], starts[1:]
+    split = lo + rng.integers(0, hi - lo + 1)
+
+    s1, rows1, pairs1 = _sub_batch(starts, pairs, lo, split)
+    first = k.interest_recurrence(s1, days[rows1], evidence[rows1], pairs1, g, pg, 0.5, 0.3, **kw)
+    ran = split > lo
+    end = s1[1:][ran] - 1  # the last row in the first call of each user who had one
+    state = {"p": np.tile(g, (n_users, 1)), "counts": first["counts"], "rt": np.zeros((n_users, n_cats)),
+             "lt": np.zeros((n_users, n_cats))}
+    state["p"][ran], state["rt"][ran], state["lt"][ran] = first["p_new"][end], first["rt"][end], first["lt"][end]
+    resumes = ran & (split < hi)
+    gap = np.where(resumes, days[np.minimum(split, len(days) - 1)] - days[np.maximum(split - 1, 0)], 0.0)
+    initial = {"p": state["p"], "counts": k.decay(state["counts"], gap, HALF_LIVES["half_life_days"]),
+               "rt": k.decay(state["rt"], gap, HALF_LIVES["recent_half_life_days"]),
+               "lt": k.decay(state["lt"], gap, HALF_LIVES["baseline_half_life_days"])}
+    s2, rows2, pairs2 = _sub_batch(starts, pairs, split, hi)
+    second = k.interest_recurrence(s2, days[rows2], evidence[rows2], pairs2, g, pg, 0.5, 0.3, **kw, initial=initial)
+
+    for name in ("p", "m", "p_new", "rt", "lt"):
+        np.testing.assert_allclose(first[name], whole[name][rows1], rtol=1e-12, atol=1e-14, err_msg=name)
+        np.testing.assert_allclose(second[name], whole[name][rows2], rtol=1e-12, atol=1e-14, err_msg=name)
+    np.testing.assert_allclose(second["counts"], whole["counts"], rtol=1e-12, atol=1e-14)
+    done = split == hi  # no later rows: the state passes through unchanged, as of the user's last day
+    np.testing.assert_array_equal(second["counts"][done], initial["counts"][done])
+    for u in np.flatnonzero(hi > lo):  # the final counts, summed in closed form from the user's own pairs
+        sel = (pairs[0] >= lo[u]) & (pairs[0] < hi[u])
+        want = np.zeros((n_cats, n_cats))
+        age = days[hi[u] - 1] - days[pairs[0][sel]]
+        np.add.at(want, (pairs[1][sel], pairs[2][sel]), pairs[3][sel] * 2.0 ** (-age / HALF_LIVES["half_life_days"]))
+        np.testing.assert_allclose(whole["counts"][u], want, rtol=1e-12, atol=1e-14)
+
+
+def test_recurrence_from_the_default_state_given_explicitly_is_bit_identical_and_bad_states_are_named():
+    rng = np.random.default_rng(7)
+    starts, days, evidence, pairs = _history(rng, 4, 3)
+    g, pg = _dist(rng, 3), _dist(rng, 3, 3)
+    kw = dict(**HALF_LIVES, shrinkage_strength=2.0, prior_strength=4.0)
+    default = {"p": np.tile(g, (4, 1)), "counts": np.zeros((4, 3, 3)), "rt": np.zeros((4, 3)), "lt": np.zeros((4, 3))}
+    plain = k.interest_recurrence(starts, days, evidence, pairs, g, pg, 0.5, 0.3, **kw)
+    given_ = k.interest_recurrence(starts, days, evidence, pairs, g, pg, 0.5, 0.3, **kw, initial=default)
+    for name in ("p", "m", "p_new", "rt", "lt", "counts"):
+        np.testing.assert_array_equal(given_[name], plain[name], err_msg=name)
+    assert (default["counts"] == 0).all() and (default["p"] == g).all()  # the caller's arrays are not written to
+    with pytest.raises(ValueError, match=r"missing \['lt'\]"):
+        k.interest_recurrence(starts, days, evidence, pairs, g, pg, 0.5, 0.3, **kw,
+                              initial={n: v for n, v in default.items() if n != "lt"})
+    with pytest.raises(ValueError, match=r"counts has shape \(4, 3\), expected \(4, 3, 3\)"):
+        k.interest_recurrence(starts, days, evidence, pairs, g, pg, 0.5, 0.3, **kw,
+                              initial={**default, "counts": np.zeros((4, 3))})
+
+
+class _Expr:
+    """An operand with arithmetic operators only (as a Spark Column has): records the expression it builds."""
+
+    def __init__(self, text):
+        self.text = text
+
+    def _op(self, other, fmt):
+        return _Expr(fmt.format(a=self.text, b=getattr(other, "text", repr(other))))
+
+    def __add__(self, o):
+        return self._op(o, "({a} + {b})")
+
+    def __radd__(self, o):
+        return self._op(o, "({b} + {a})")
+
+    def __mul__(self, o):
+        return self._op(o, "({a} * {b})")
+
+    def __rmul__(self, o):
+        return self._op(o, "({b} * {a})")
+
+    def __truediv__(self, o):
+        return self._op(o, "({a} / {b})")
+
+    def __rtruediv__(self, o):
+        return self._op(o, "({b} / {a})")
+
+
+@settings(max_examples=100, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), users=st.integers(1, 6), n_cats=st.integers(1, 5),
+       kappa=st.sampled_from([0.5, 4.0, 1e3]))
+def test_posterior_from_total_is_the_posterior_and_needs_only_arithmetic(seed, users, n_cats, kappa):
+    rng = np.random.default_rng(seed)
+    q, n = _dist(rng, users, n_cats), rng.integers(0, 5, (users, n_cats)).astype(float)
+    got = k.posterior_from_total(q, n, n.sum(axis=-1, keepdims=True), kappa)
+    np.testing.assert_array_equal(got, k.posterior(q, n, kappa))
+    np.testing.assert_allclose(got.sum(axis=1), 1.0, atol=1e-12)
+    expr = k.posterior_from_total(_Expr("q"), _Expr("n"), _Expr("N"), np.float64(kappa))
+    assert expr.text == f"((({kappa!r} * q) + n) / ({kappa!r} + N))"
+
+
+def test_category_popularity_hand_computed():
+    """Mirrors the Spark ``driftrec.migration.transitions.category_popularity`` (over the ``count`` column of
+    ``global_category_matrix``): column sums of the counts, smoothed by ``alpha`` per category."""
+    counts = np.array([[2.0, 0.0, 1.0], [0.0, 0.0, 0.0], [1.0, 1.0, 0.0]])
+    # landing counts (3, 1, 1), total 5, K*alpha = 1.5
+    np.testing.assert_allclose(k.category_popularity(counts, 0.5), [3.5 / 6.5, 1.5 / 6.5, 1.5 / 6.5], rtol=1e-15)
+    np.testing.assert_allclose(k.category_popularity(np.array([[1.0, 3.0], [0.0, 2.0]]), 1.0), [0.25, 0.75],
+                               rtol=1e-15)
+    np.testing.assert_allclose(k.category_popularity(np.zeros((4, 4)), 0.1), [0.25] * 4, rtol=1e-15)
+    assert k.category_popularity(counts, 0.0).tolist() == [0.6, 0.2, 0.2]  # without smoothing: the landing shares
 
 
 @settings(max_examples=100, deadline=None)

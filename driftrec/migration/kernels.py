@@ -41,6 +41,15 @@ def smoothed_rows(counts: np.ndarray, alpha: float) -> np.ndarray:
     return (counts + alpha) / (counts.sum(axis=1, keepdims=True) + k * alpha)
 
 
+def category_popularity(counts: np.ndarray, alpha: float) -> np.ndarray:
+    """``g[k] = (sum_j C[j,k] + alpha) / (sum C + K*alpha)`` from the dense (K, K) global counts (not probabilities).
+
+    The numpy twin of :func:`driftrec.migration.transitions.category_popularity`, which reads only the ``count``
+    column of the global matrix; sums to 1 for ``alpha > 0``."""
+    landing = np.asarray(counts, dtype=np.float64).sum(axis=0)
+    return (landing + alpha) / (landing.sum() + len(landing) * alpha)
+
+
 def shrunk_rows(user_counts: np.ndarray, global_p: np.ndarray, strength: float) -> np.ndarray:
     """User matrix ``(C_u[j,k] + s*P_g[j,k]) / (n_u[j] + s)``: a row with no evidence is the global row.
 
@@ -71,9 +80,18 @@ def prior(p: np.ndarray, transition: np.ndarray, g: np.ndarray, a: float, b: flo
     return prior_from_terms(p, migration_term(p, transition), g, a, b)
 
 
+def posterior_from_total(q, n, total, kappa: float):
+    """``(kappa*q + n) / (kappa + N)`` given the user's total ``N``: THE posterior formula.
+
+    Only arithmetic operators, so it works on numpy arrays and, unchanged, on Spark columns (the nightly pass's
+    ``p_new`` column). ``kappa`` is cast to a Python float so that a numpy scalar never meets a Column."""
+    kappa = float(kappa)
+    return (kappa * q + n) / (kappa + total)
+
+
 def posterior(q: np.ndarray, evidence: np.ndarray, prior_strength: float) -> np.ndarray:
     """``p_new = (kappa*q + n) / (kappa + N)``: the prior weighted ``kappa`` plus the day's counts, per user row."""
-    return (prior_strength * q + evidence) / (prior_strength + evidence.sum(axis=-1, keepdims=True))
+    return posterior_from_total(q, evidence, evidence.sum(axis=-1, keepdims=True), prior_strength)
 
 
 def update_interest(
@@ -145,23 +163,30 @@ def interest_recurrence(
     baseline_half_life_days: float,
     shrinkage_strength: float,
     prior_strength: float,
+    initial: dict[str, np.ndarray] | None = None,
 ) -> dict[str, np.ndarray]:
     """Every user's interest over their active days, all users of a batch stepped together.
 
     Rows are user-days sorted by user then day; user ``u`` owns rows ``starts[u]:starts[u+1]`` (``starts`` has
-    U + 1 entries). ``days`` (R,) are day numbers, ``evidence`` (R, K) the day's category counts, ``pairs`` =
-    ``(row, from, to, n)`` the category transitions that arrive on a row's day (added to the user's counts after
-    that day's update). A user starts from ``g`` with no counts. Returns (R, K) arrays per row: ``p`` (interest
-    before the day), ``m`` (migration term before it), ``p_new``, ``rt``, ``lt`` (decayed evidence after it).
+    U + 1 entries, a user may own none). ``days`` (R,) are day numbers, ``evidence`` (R, K) the day's category
+    counts, ``pairs`` = ``(row, from, to, n)`` the category transitions that arrive on a row's day (added to the
+    user's counts after that day's update). A user starts from ``g`` with no counts, or from ``initial`` = ``{p:
+    (U, K), counts: (U, K, K), rt: (U, K), lt: (U, K)}`` already decayed to the user's first row's day (the caller
+    decays, each table by its own date and half-life; the first row applies no decay). Returns (R, K) arrays per
+    row: ``p`` (interest before the day), ``m`` (migration term before it), ``p_new``, ``rt``, ``lt`` (decayed
+    evidence after it); and ``counts`` (U, K, K), each user's transition counts after their last row, as of its day.
     """
     starts = np.asarray(starts, dtype=np.int64)
     n_users, k = len(starts) - 1, len(g)
     lengths = np.diff(starts)
     rows = starts[-1]
     out = {name: np.zeros((rows, k)) for name in ("p", "m", "p_new", "rt", "lt")}
-    p = np.tile(np.asarray(g, dtype=np.float64), (n_users, 1))
-    counts = np.zeros((n_users, k, k))
-    rt, lt = np.zeros((n_users, k)), np.zeros((n_users, k))
+    if initial is None:
+        p = np.tile(np.asarray(g, dtype=np.float64), (n_users, 1))
+        counts = np.zeros((n_users, k, k))
+        rt, lt = np.zeros((n_users, k)), np.zeros((n_users, k))
+    else:
+        p, counts, rt, lt = _initial_state(initial, n_users, k)
     last = np.zeros(n_users)
     p_row, p_from, p_to, p_n = (np.asarray(x) for x in pairs)
     p_user = np.searchsorted(starts, p_row, side="right") - 1
@@ -184,7 +209,21 @@ def interest_recurrence(
         sel = order[p_bounds[step] : p_bounds[step + 1]]
         np.add.at(c, (np.searchsorted(users, p_user[sel]), p_from[sel], p_to[sel]), p_n[sel])
         counts[users], last[users] = c, days[r]
+    out["counts"] = counts
     return out
+
+
+def _initial_state(initial: dict[str, np.ndarray], n_users: int, k: int):
+    """Copies of ``initial``'s ``p, counts, rt, lt`` as float64, checked against (U, K) / (U, K, K)."""
+    shapes = {"p": (n_users, k), "counts": (n_users, k, k), "rt": (n_users, k), "lt": (n_users, k)}
+    missing = sorted(set(shapes) - set(initial))
+    if missing:
+        raise ValueError(f"interest_recurrence initial state: missing {missing} (has {sorted(initial)})")
+    state = [np.array(initial[name], dtype=np.float64) for name in shapes]
+    for (name, want), x in zip(shapes.items(), state, strict=True):
+        if x.shape != want:
+            raise ValueError(f"interest_recurrence initial state: {name} has shape {x.shape}, expected {want}")
+    return state
 
 
 # --- p(u, i, t+1) = w * item_term + (1 - w) * category_term, and its reason ----------------------------------------
