@@ -144,32 +144,19 @@ def test_recurrence_from_the_default_state_given_explicitly_is_bit_identical_and
                               initial={**default, "counts": np.zeros((4, 3))})
 
 
+def _binary(fmt: str):
+    return lambda self, other: _Expr(fmt.format(a=self.text, b=getattr(other, "text", repr(other))))
+
+
 class _Expr:
     """An operand with arithmetic operators only (as a Spark Column has): records the expression it builds."""
 
     def __init__(self, text):
         self.text = text
 
-    def _op(self, other, fmt):
-        return _Expr(fmt.format(a=self.text, b=getattr(other, "text", repr(other))))
-
-    def __add__(self, o):
-        return self._op(o, "({a} + {b})")
-
-    def __radd__(self, o):
-        return self._op(o, "({b} + {a})")
-
-    def __mul__(self, o):
-        return self._op(o, "({a} * {b})")
-
-    def __rmul__(self, o):
-        return self._op(o, "({b} * {a})")
-
-    def __truediv__(self, o):
-        return self._op(o, "({a} / {b})")
-
-    def __rtruediv__(self, o):
-        return self._op(o, "({b} / {a})")
+    __add__, __radd__ = _binary("({a} + {b})"), _binary("({b} + {a})")
+    __mul__, __rmul__ = _binary("({a} * {b})"), _binary("({b} * {a})")
+    __truediv__, __rtruediv__ = _binary("({a} / {b})"), _binary("({b} / {a})")
 
 
 @settings(max_examples=100, deadline=None)
