@@ -32,8 +32,9 @@ HEAVY_ENV = "DRIFTREC_HEAVY_TESTS"
 def pytest_configure(config):
     config.addinivalue_line(
         "markers",
-        f"heavy: whole-night robustness scenarios (kill mid-write, late-event replay) and multi-night scale checks "
-        f"(rebuild vs nights, fit recovery) that need many nights at ~1.5 min each on test data; opt-in with "
+        f"heavy: tests that rerun whole jobs: the evaluation job end to end, whole-night robustness scenarios (kill "
+        f"mid-write, late-event replay, lock refusal, missing checkpoint), top-k reruns and candidate comparisons, "
+        f"multi-night scale checks (rebuild vs nights, fit recovery), at ~1.5 min per night on test data; opt-in with "
         f"{HEAVY_ENV}=1 until a night costs seconds (speed issue), so the suite fits CI's time",
     )
 

@@ -141,6 +141,7 @@ def test_rerunning_a_finished_night_changes_nothing(spark, world):
 
 
 # ---- the lock -------------------------------------------------------------------------------------------------
+@pytest.mark.heavy  # a child process with its own Spark session, then a forced whole night
 def test_a_second_run_on_the_same_lakehouse_is_refused_until_the_first_ends(spark, world):
     root = world.main.lakehouse.root
     holder = subprocess.Popen(  # another process, with its own Spark session, holding the lakehouse's run lock
@@ -181,7 +182,7 @@ def test_a_lock_is_exclusive_and_released(spark, tmp_path):
 
 
 # ---- a bad model checkpoint -----------------------------------------------------------------------------------
-@pytest.mark.parametrize("damage", ["truncated", "missing"])
+@pytest.mark.parametrize("damage", ["truncated", pytest.param("missing", marks=pytest.mark.heavy)])
 def test_a_bad_checkpoint_fails_training_and_keeps_the_current_model(spark, world, tmp_path, damage):
     root = tmp_path / "lh"
     shutil.copytree(world.main.lakehouse.root, root, ignore=COPY_IGNORE)
@@ -439,6 +440,7 @@ def _row(spark, conf: Config, ds: dt.date, stage: str) -> pd.Series:
     return rows.iloc[0]
 
 
+@pytest.mark.heavy  # one more whole migration night through the command line
 def test_driftrec_migrate_records_the_row_the_nightly_records(spark, world, tmp_path):
     from jobs.cli import main
 

@@ -160,6 +160,7 @@ def test_consumed_items_are_excluded_and_reasons_are_sentences(spark, scenario):
     assert all(w.removesuffix(" next watched this") in titles for w in watched)
 
 
+@pytest.mark.heavy  # a second top-k job of the night
 def test_rerun_replaces_the_night_byte_for_byte(spark, scenario):
     from jobs.topk import TopKJob
 
@@ -286,6 +287,7 @@ def _topk_conf(conf: Config, **update) -> Config:
     return conf.model_copy(update={"topk": conf.topk.model_copy(update=update)})
 
 
+@pytest.mark.heavy  # two more scoring runs
 def test_candidate_step_covering_the_catalogue_equals_full_scoring(spark, scenario):
     """Candidates that hold every item must give the full-catalogue rows exactly, through the Spark job."""
     from jobs.topk import TopKJob
@@ -326,6 +328,7 @@ def test_candidate_step_covering_the_catalogue_equals_full_scoring(spark, scenar
     assert (same["reason"] == same["reason_full"]).all()
 
 
+@pytest.mark.heavy  # two more candidate preparations
 def test_candidate_step_recall_against_full_scoring(spark, scenario):
     """Small candidate sets: every row comes from the user's set, and most full-catalogue rows survive."""
     from jobs.topk import TopKJob
