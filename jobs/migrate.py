@@ -97,7 +97,7 @@ class MigrationJob:
         self.conf = conf
         self.m = conf.migration
         self._ready = False  # migration tables ensured (once per job, not per batch)
-        self._log: tuple[int, list] | None = None  # (migration_runs version, its rows)
+        self._log_cache: tuple[int, list] | None = None  # (migration_runs version, its rows)
         if (self.m.pin_a is None) != (self.m.pin_b is None):
             raise ValueError("migration.pin_a and migration.pin_b must be set together")
         for a, b, what in ((self.m.pin_a, self.m.pin_b, "pin"), (self.m.default_a, self.m.default_b, "default")):
@@ -115,14 +115,14 @@ class MigrationJob:
         version = lakehouse.table_versions(spark, conf, (MIGRATION_RUNS,), missing_ok=True)[MIGRATION_RUNS.logical]
         if version is None:
             return []
-        if self._log is None or self._log[0] != version:
+        if self._log_cache is None or self._log_cache[0] != version:
             rows = (
                 lakehouse.read_table_at(spark, conf, MIGRATION_RUNS, version)
                 .select("ds", "batch_id", "batch_start", "status", "state_versions")
                 .collect()
             )
-            self._log = (version, rows)
-        return self._log[1]
+            self._log_cache = (version, rows)
+        return self._log_cache[1]
 
     @jobstats.grouped("migrate:late_check")
     def changed_nights(self, start: dt.date, end: dt.date) -> dict[dt.date, tuple[int, int]]:
@@ -166,7 +166,7 @@ class MigrationJob:
             version = versions.get(spec.logical)
             if version is not None and current[spec.logical] != int(version):
                 lakehouse.restore_version(self.spark, self.conf, spec, int(version))
-        self._log = None
+        self._log_cache = None
 
     def _prepare(self, start: dt.date) -> dt.date:
         """Roll back an interrupted batch, then every batch holding a night >= ``start``; the first night to compute."""
@@ -311,7 +311,7 @@ class MigrationJob:
             "state_versions map<string, bigint>",
         ).withColumn("logged_at", F.current_timestamp())
         lakehouse.append(self.spark, self.conf, MIGRATION_RUNS, df)
-        self._log = None
+        self._log_cache = None
 
     # ---- one night -------------------------------------------------------------------------------------------
     @jobstats.grouped("migrate:night")
