@@ -42,7 +42,7 @@ def _grouped(owner, attr: str, name) -> None:
 
     @functools.wraps(original)
     def wrapper(*args, **kwargs):
-        spark = args[0] if not isinstance(args[0], (RunLock, MigrationJob)) else args[0].spark
+        spark = getattr(args[0], "spark", args[0])  # a method's self, or the session itself
         label = name(args[2]) if callable(name) else name
         with jobstats.job_group(spark, label):
             return original(*args, **kwargs)

@@ -402,12 +402,20 @@ _COMMIT_FILE = re.compile(r"^[0-9]{20}\.json$")
 
 
 def _latest_commit(spark: SparkSession, path_class, hadoop_conf, location: str) -> int | None:
-    """The highest commit file's version under ``location``'s ``_delta_log``; ``None`` when there is none."""
+    """The highest commit file's version under ``location``'s ``_delta_log``; ``None`` when there is none.
+
+    A store the JVM cannot list that way (a Java error from the FileSystem) falls back to ``history(1)``.
+    """
+    from py4j.protocol import Py4JJavaError
+
     log_dir = path_class(hadoop_spelling(join(location, "_delta_log")))
-    fs = log_dir.getFileSystem(hadoop_conf)
-    if not fs.exists(log_dir):
+    try:
+        fs = log_dir.getFileSystem(hadoop_conf)
+        statuses = fs.listStatus(log_dir) if fs.exists(log_dir) else None
+    except Py4JJavaError:
+        return int(DeltaTable.forPath(spark, location).history(1).select("version").first()["version"])
+    if statuses is None:
         return None
-    statuses = fs.listStatus(log_dir)
     # Sorted by path in the JVM: names are zero-padded, so the top version's "N.json" is among the last few
     # (after it only "_last_checkpoint" and folders such as "_commits").
     spark._jvm.java.util.Arrays.sort(statuses)
@@ -423,22 +431,13 @@ def table_versions(
 ) -> dict[str, int | None]:
     """Current Delta version of each table (logical name -> version), from a listing of its ``_delta_log``.
 
-    No query plan and no Spark job: the JVM's Hadoop FileSystem lists the commit files (``DeltaTable.history(1)``
-    when a store cannot be listed that way). A table without commits is ``None`` with ``missing_ok``, else an error
-    naming it. Not valid for catalog-coordinated commits (none here).
+    No query plan and no Spark job: the JVM's Hadoop FileSystem lists the commit files. A table without commits is
+    ``None`` with ``missing_ok``, else an error naming it. Not valid for catalog-coordinated commits (none here).
     """
-    from py4j.protocol import Py4JError
-
     path_class = spark._jvm.org.apache.hadoop.fs.Path
     hadoop_conf = spark._jsparkSession.sessionState().newHadoopConf()
-    out: dict[str, int | None] = {}
-    for spec in specs:
-        location = conf.table_path(spec.logical)
-        try:
-            out[spec.logical] = _latest_commit(spark, path_class, hadoop_conf, location)
-        except Py4JError:
-            table = DeltaTable.forPath(spark, location)
-            out[spec.logical] = int(table.history(1).select("version").first()["version"])
+    out = {spec.logical: _latest_commit(spark, path_class, hadoop_conf, conf.table_path(spec.logical))
+           for spec in specs}
     missing = [name for name, version in out.items() if version is None]
     if missing and not missing_ok:
         raise ValueError(f"not a Delta table (no commits): {', '.join(conf.table_path(m) for m in missing)}")
