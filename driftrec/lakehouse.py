@@ -416,14 +416,8 @@ def _latest_commit(spark: SparkSession, path_class, hadoop_conf, location: str) 
         return int(DeltaTable.forPath(spark, location).history(1).select("version").first()["version"])
     if statuses is None:
         return None
-    # Sorted by path in the JVM: names are zero-padded, so the top version's "N.json" is among the last few
-    # (after it only "_last_checkpoint" and folders such as "_commits").
-    spark._jvm.java.util.Arrays.sort(statuses)
-    for i in range(len(statuses) - 1, -1, -1):
-        name = statuses[i].getPath().getName()
-        if _COMMIT_FILE.match(name):
-            return int(name[:20])
-    return None
+    names = (status.getPath().getName() for status in statuses)  # the listing's order is the store's
+    return max((int(name[:20]) for name in names if _COMMIT_FILE.match(name)), default=None)
 
 
 def table_versions(

@@ -218,7 +218,7 @@ def test_table_versions_match_history(spark, tmp_path, spelling):
     log_dir = Lakehouse(conf.lakehouse.root).local_path(conf.table_path("events")) / "_delta_log"
     assert any(".checkpoint." in p.name for p in log_dir.iterdir()), sorted(p.name for p in log_dir.iterdir())
     put_items(spark, conf, [(1, "Alien", ["scifi"]), (2, "Pasta", ["cooking"])])  # MERGE: insert
-    put_items(spark, conf, [(1, "Alien Planet", ["scifi"])])  # MERGE: update
+    put_items(spark, conf, [(1, "Alien Planet", ["scifi"]), (3, "Bread", ["cooking"])])  # MERGE: insert one
     assert check() == {"events": 12, "items": 2}
     lakehouse.restore_version(spark, conf, EVENTS, 4)
     assert check() == {"events": 13, "items": 2}  # a RESTORE is a commit too
