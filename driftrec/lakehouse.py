@@ -257,18 +257,33 @@ def _check_registered_location(spark: SparkSession, conf: Config, spec: TableSpe
         )
 
 
-# (session, catalog name, path) already created and registered by this process: skips repeated catalog round trips.
-_ENSURED: set[tuple[int, str, str]] = set()
+# (session, catalog name, path) -> the table, created and registered by this process: a hit costs no catalog or
+# storage round trip. The DeltaTable keeps its session alive, so a session's id cannot be reused while cached. MERGE,
+# DELETE and history each start from the latest snapshot, so a cached object never acts on a stale one. Code that
+# deletes a table's folder or its registration under a live session calls :func:`forget_ensured`.
+_ENSURED: dict[tuple[int, str, str], DeltaTable] = {}
 
 
-def ensure_table(spark: SparkSession, conf: Config, spec: TableSpec) -> DeltaTable:
-    """Create the table at its path if missing and register it in the catalog; idempotent."""
-    key = (id(spark), conf.table_name(spec.logical), conf.table_path(spec.logical))
-    if key in _ENSURED and DeltaTable.isDeltaTable(spark, key[2]):
-        return DeltaTable.forPath(spark, key[2])
-    if not spark.catalog.databaseExists(conf.lakehouse.database):
+def _ensured_key(spark: SparkSession, conf: Config, spec: TableSpec) -> tuple[int, str, str]:
+    return id(spark), conf.table_name(spec.logical), conf.table_path(spec.logical)
+
+
+def forget_ensured(conf: Config) -> None:
+    """Forget every table of ``conf``'s database or root, so the next use creates and registers it again."""
+    database = conf.lakehouse.database + "."
+    paths = {conf.table_path(spec.logical) for spec in ALL_TABLES}
+    for key in [k for k in _ENSURED if k[1].startswith(database) or k[2] in paths]:
+        del _ENSURED[key]
+
+
+def _create(spark: SparkSession, conf: Config, spec: TableSpec, registered: bool | None) -> DeltaTable:
+    """Create the table if missing and register it; ``registered``: whether the catalog has its name (``None``:
+    ask)."""
+    if registered is None and not spark.catalog.databaseExists(conf.lakehouse.database):
         ensure_database(spark, conf)
-    _check_registered_location(spark, conf, spec)
+        registered = False
+    if registered is not False:
+        _check_registered_location(spark, conf, spec)
     builder = (
         DeltaTable.createIfNotExists(spark)
         .tableName(conf.table_name(spec.logical))
@@ -280,13 +295,29 @@ def ensure_table(spark: SparkSession, conf: Config, spec: TableSpec) -> DeltaTab
     if spec.comment:
         builder = builder.comment(spec.comment)
     table = builder.execute()
-    _ENSURED.add(key)
+    _ENSURED[_ensured_key(spark, conf, spec)] = table
     return table
 
 
+def ensure_table(spark: SparkSession, conf: Config, spec: TableSpec) -> DeltaTable:
+    """Create the table at its path if missing and register it in the catalog; idempotent."""
+    table = _ENSURED.get(_ensured_key(spark, conf, spec))
+    return table if table is not None else _create(spark, conf, spec, None)
+
+
 def ensure_tables(spark: SparkSession, conf: Config, specs: tuple[TableSpec, ...] = ALL_TABLES) -> None:
-    for spec in specs:
-        ensure_table(spark, conf, spec)
+    """:func:`ensure_table` for each, with one catalog listing for those this process has not ensured yet."""
+    todo = [spec for spec in specs if _ensured_key(spark, conf, spec) not in _ENSURED]
+    if not todo:
+        return
+    database = conf.lakehouse.database
+    if spark.catalog.databaseExists(database):
+        registered = {t.name.lower() for t in spark.catalog.listTables(database)}
+    else:
+        ensure_database(spark, conf)
+        registered = set()
+    for spec in todo:
+        _create(spark, conf, spec, getattr(conf.tables, spec.logical).lower() in registered)
 
 
 def read_table(spark: SparkSession, conf: Config, spec: TableSpec) -> DataFrame:
@@ -349,22 +380,67 @@ def append(spark: SparkSession, conf: Config, spec: TableSpec, df: DataFrame) ->
     conform(df, spec).write.format("delta").mode("append").save(conf.table_path(spec.logical))
 
 
-def replace_where(spark: SparkSession, conf: Config, spec: TableSpec, df: DataFrame, predicate: str) -> int:
+def replace_where(
+    spark: SparkSession, conf: Config, spec: TableSpec, df: DataFrame, predicate: str, *, metrics: bool = True
+) -> int | None:
     """Atomically replace the rows matching ``predicate`` (e.g. ``ds = '2026-01-02'``) with ``df``; rows written.
 
     Delta validates that every written row matches the predicate, so a rerun of one night replaces exactly it. The
-    count comes from the commit's operation metrics, not from reading the table again.
+    count comes from the commit's operation metrics, not from reading the table again; ``metrics=False`` skips
+    reading them (a history query) and returns ``None``.
     """
     ensure_table(spark, conf, spec)
     path = conf.table_path(spec.logical)
     conform(df, spec).write.format("delta").mode("overwrite").option("replaceWhere", predicate).save(path)
+    if not metrics:
+        return None
     return int(_last_commit_metrics(DeltaTable.forPath(spark, path)).get("numOutputRows", 0))
+
+
+# A commit is the atomic creation of _delta_log/<20-digit version>.json, so the highest such file is the version.
+_COMMIT_FILE = re.compile(r"^[0-9]{20}\.json$")
+
+
+def _latest_commit(spark: SparkSession, path_class, hadoop_conf, location: str) -> int | None:
+    """The highest commit file's version under ``location``'s ``_delta_log``; ``None`` when there is none.
+
+    A store the JVM cannot list that way (a Java error from the FileSystem) falls back to ``history(1)``.
+    """
+    from py4j.protocol import Py4JJavaError
+
+    log_dir = path_class(hadoop_spelling(join(location, "_delta_log")))
+    try:
+        fs = log_dir.getFileSystem(hadoop_conf)
+        statuses = fs.listStatus(log_dir) if fs.exists(log_dir) else None
+    except Py4JJavaError:
+        return int(DeltaTable.forPath(spark, location).history(1).select("version").first()["version"])
+    if statuses is None:
+        return None
+    names = (status.getPath().getName() for status in statuses)  # the listing's order is the store's
+    return max((int(name[:20]) for name in names if _COMMIT_FILE.match(name)), default=None)
+
+
+def table_versions(
+    spark: SparkSession, conf: Config, specs: tuple[TableSpec, ...], *, missing_ok: bool = False
+) -> dict[str, int | None]:
+    """Current Delta version of each table (logical name -> version), from a listing of its ``_delta_log``.
+
+    No query plan and no Spark job: the JVM's Hadoop FileSystem lists the commit files. A table without commits is
+    ``None`` with ``missing_ok``, else an error naming it. Not valid for catalog-coordinated commits (none here).
+    """
+    path_class = spark._jvm.org.apache.hadoop.fs.Path
+    hadoop_conf = spark._jsparkSession.sessionState().newHadoopConf()
+    out = {spec.logical: _latest_commit(spark, path_class, hadoop_conf, conf.table_path(spec.logical))
+           for spec in specs}
+    missing = [name for name, version in out.items() if version is None]
+    if missing and not missing_ok:
+        raise ValueError(f"not a Delta table (no commits): {', '.join(conf.table_path(m) for m in missing)}")
+    return out
 
 
 def table_version(spark: SparkSession, conf: Config, spec: TableSpec) -> int:
     """Current Delta version of an existing table, to restore to on a rerun."""
-    table = DeltaTable.forPath(spark, conf.table_path(spec.logical))
-    return int(table.history(1).select("version").first()["version"])
+    return int(table_versions(spark, conf, (spec,))[spec.logical])
 
 
 def restore_version(spark: SparkSession, conf: Config, spec: TableSpec, version: int) -> None:

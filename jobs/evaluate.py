@@ -119,6 +119,7 @@ class EvaluationJob:
         sconf = _scratch_conf(self.conf, root, protocol)
         spark.sql(f"DROP DATABASE IF EXISTS {sconf.lakehouse.database} CASCADE")  # registrations only (external)
         shutil.rmtree(root, ignore_errors=True)
+        lakehouse.forget_ensured(sconf)  # tables and registrations just deleted: create them again
         lakehouse.ensure_database(spark, sconf)
         lakehouse.append(spark, sconf, EVENTS, train)
         lakehouse.append(spark, sconf, ITEMS, lakehouse.read_table(spark, self.conf, ITEMS))

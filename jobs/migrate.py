@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from driftrec import lakehouse
+from driftrec import jobstats, lakehouse
 from driftrec.categories import item_categories
 from driftrec.config import Config
 from driftrec.jobargs import add_run_id, base_parser, config_from_args, parse_date
@@ -97,6 +97,7 @@ class MigrationJob:
         self.conf = conf
         self.m = conf.migration
         self._ready = False  # migration tables ensured (once per job, not per batch)
+        self._log_cache: tuple[int, list] | None = None  # (migration_runs version, its rows)
         if (self.m.pin_a is None) != (self.m.pin_b is None):
             raise ValueError("migration.pin_a and migration.pin_b must be set together")
         for a, b, what in ((self.m.pin_a, self.m.pin_b, "pin"), (self.m.default_a, self.m.default_b, "default")):
@@ -104,16 +105,26 @@ class MigrationJob:
                 raise ValueError(f"migration.{what}_a + migration.{what}_b must be <= 1, got {a + b}")
 
     # ---- watermark -------------------------------------------------------------------------------------------
+    @jobstats.grouped("migrate:watermark")
     def _log_rows(self) -> list:
-        """The batch log: two rows per processed night, so it grows with nights, never with users or events."""
-        if not lakehouse.table_exists(self.spark, self.conf, MIGRATION_RUNS):
-            return []
-        return (
-            lakehouse.read_table(self.spark, self.conf, MIGRATION_RUNS)
-            .select("ds", "batch_id", "batch_start", "status", "state_versions")
-            .collect()
-        )
+        """The batch log: two rows per processed night, so it grows with nights, never with users or events.
 
+        Read once per table version: a write by this job (:meth:`_log_batch`, :meth:`_restore`) or anyone else moves
+        the version, and checking it is a listing, not a query."""
+        spark, conf = self.spark, self.conf
+        version = lakehouse.table_versions(spark, conf, (MIGRATION_RUNS,), missing_ok=True)[MIGRATION_RUNS.logical]
+        if version is None:
+            return []
+        if self._log_cache is None or self._log_cache[0] != version:
+            rows = (
+                lakehouse.read_table_at(spark, conf, MIGRATION_RUNS, version)
+                .select("ds", "batch_id", "batch_start", "status", "state_versions")
+                .collect()
+            )
+            self._log_cache = (version, rows)
+        return self._log_cache[1]
+
+    @jobstats.grouped("migrate:late_check")
     def changed_nights(self, start: dt.date, end: dt.date) -> dict[dt.date, tuple[int, int]]:
         """Processed nights in ``[start, end]`` that now hold more events than the night counted (late arrivals),
         as ``{night: (counted, stored)}``: they need recomputing.
@@ -124,30 +135,38 @@ class MigrationJob:
         before the deletion, bringing the forgotten user's rows back.
         """
         spark, conf = self.spark, self.conf
-        if not lakehouse.table_exists(spark, conf, DRIFT_PARAMS):
+        present = lakehouse.table_versions(spark, conf, (DRIFT_PARAMS, EVENTS), missing_ok=True)
+        if present[DRIFT_PARAMS.logical] is None:
             return {}
         rebuilt = {r["ds"] for r in self._log_rows() if r["batch_id"].startswith("rebuild-")}
-        window = F.col("ds").between(tr.date_lit(start), tr.date_lit(end))
-        counted = {r["ds"]: int(r["n_events"]) for r in
-                   lakehouse.read_table(spark, conf, DRIFT_PARAMS).where(window).select("ds", "n_events").collect()}
-        if not counted:
-            return {}
-        stored = {
-            r["event_date"]: int(r["n"]) for r in lakehouse.read_table(spark, conf, EVENTS)
-            .where(F.col("event_date").between(tr.date_lit(start), tr.date_lit(end)))
-            .groupBy("event_date").agg(F.count(F.lit(1)).alias("n")).collect()
-        }
+        lo, hi = tr.date_lit(start), tr.date_lit(end)
+        both = (  # one collect: the nights' counts, and their partitions' counts now
+            lakehouse.read_table(spark, conf, DRIFT_PARAMS).where(F.col("ds").between(lo, hi))
+            .select(F.lit(True).alias("counted"), "ds", F.col("n_events").cast("long").alias("n"))
+        )
+        if present[EVENTS.logical] is not None:
+            both = both.unionByName(
+                lakehouse.read_table(spark, conf, EVENTS).where(F.col("event_date").between(lo, hi))
+                .groupBy(F.col("event_date").alias("ds")).agg(F.count(F.lit(1)).alias("n"))
+                .select(F.lit(False).alias("counted"), "ds", "n")
+            )
+        rows = both.collect()
+        counted = {r["ds"]: int(r["n"]) for r in rows if r["counted"]}
+        stored = {r["ds"]: int(r["n"]) for r in rows if not r["counted"]}
         return {d: (n, stored.get(d, 0)) for d, n in sorted(counted.items())
                 if d not in rebuilt and stored.get(d, 0) > n}
 
     def processed_dates(self) -> list[dt.date]:
         return sorted({r["ds"] for r in self._log_rows() if r["status"] == FINISHED})
 
+    @jobstats.grouped("migrate:restore")
     def _restore(self, versions: dict[str, int]) -> None:
+        current = lakehouse.table_versions(self.spark, self.conf, VERSIONED, missing_ok=True)
         for spec in VERSIONED:
             version = versions.get(spec.logical)
-            if version is not None:
+            if version is not None and current[spec.logical] != int(version):
                 lakehouse.restore_version(self.spark, self.conf, spec, int(version))
+        self._log_cache = None
 
     def _prepare(self, start: dt.date) -> dt.date:
         """Roll back an interrupted batch, then every batch holding a night >= ``start``; the first night to compute."""
@@ -218,7 +237,7 @@ class MigrationJob:
                 f"migration state already holds nights up to {self.processed_dates()[-1]}: a rebuild would replace it;"
                 " rebuild into a fresh lakehouse, or continue with --date/--from/--to"
             )
-        versions = {spec.logical: lakehouse.table_version(spark, conf, spec) for spec in VERSIONED}
+        versions = lakehouse.table_versions(spark, conf, VERSIONED)
         built = build_state(spark, self.m, lakehouse.read_table(spark, conf, EVENTS), item_categories(spark, conf),
                             cutoff)
         batch_id = "rebuild-" + uuid.uuid4().hex
@@ -230,14 +249,14 @@ class MigrationJob:
             (ITEM_POPULARITY, built.item_popularity), (USER_INTEREST, built.user_interest),
             (USER_LAST_EVENT, built.user_last_event), (USER_DRIFT, built.user_drift),
         ):
-            lakehouse.replace_where(spark, conf, spec, df, "true")
+            lakehouse.replace_where(spark, conf, spec, df, "true", metrics=False)
         params = spark.createDataFrame(
             [(cutoff, built.a, built.b, built.method, built.log_likelihood, built.log_likelihood_default,
               built.n_events, built.n_fit_events, built.n_users)],
             "ds date, a double, b double, method string, log_likelihood double, log_likelihood_default double, "
             "n_events long, n_fit_events double, n_users long",
         ).withColumn("finished_at", F.current_timestamp())
-        lakehouse.replace_where(spark, conf, DRIFT_PARAMS, params, "true")
+        lakehouse.replace_where(spark, conf, DRIFT_PARAMS, params, "true", metrics=False)
         self._log_batch(batch_id, days, versions, FINISHED, start=built.first_day)
         report = NightReport(cutoff, built.n_events, built.n_users, built.a, built.b, built.method,
                              built.log_likelihood)
@@ -263,12 +282,13 @@ class MigrationJob:
         holds ``migration.stage_max_events``: staged state is re-read by every later night, so on large nights a
         commit per night is cheaper than carrying it."""
         spark, conf = self.spark, self.conf
-        if not self._ready:
-            lakehouse.ensure_tables(spark, conf, MIGRATION_TABLES)
-            self._ready = True
-        versions = {spec.logical: lakehouse.table_version(spark, conf, spec) for spec in VERSIONED}
-        state = StagedState(spark, conf, versions)
-        item_cats = materialise(item_categories(spark, conf))  # the catalogue as of the batch
+        with jobstats.job_group(spark, "migrate:setup"):
+            if not self._ready:
+                lakehouse.ensure_tables(spark, conf, MIGRATION_TABLES)
+                self._ready = True
+            versions = lakehouse.table_versions(spark, conf, VERSIONED)
+            state = StagedState(spark, conf, versions)
+            item_cats = materialise(item_categories(spark, conf))  # the catalogue as of the batch
         reports: list[NightReport] = []
         for day in days:
             reports.append(self._night(day, state, item_cats))
@@ -281,6 +301,7 @@ class MigrationJob:
         self._log_batch(batch_id, done, versions, FINISHED)
         return reports
 
+    @jobstats.grouped("migrate:log")
     def _log_batch(self, batch_id: str, days: list[dt.date], versions: dict[str, int], status: str,
                    start: dt.date | None = None) -> None:
         rows = [(d, batch_id, start or days[0], days[-1], status, versions) for d in days]
@@ -290,8 +311,10 @@ class MigrationJob:
             "state_versions map<string, bigint>",
         ).withColumn("logged_at", F.current_timestamp())
         lakehouse.append(self.spark, self.conf, MIGRATION_RUNS, df)
+        self._log_cache = None
 
     # ---- one night -------------------------------------------------------------------------------------------
+    @jobstats.grouped("migrate:night")
     def _night(self, day: dt.date, state: StagedState, item_cats: DataFrame) -> NightReport:
         spark, m = self.spark, self.m
         events = materialise(self._events(day))

@@ -183,7 +183,8 @@ class TrainJob:
         t = self.conf.training
         seqs = build_sequences(events, ds, max_seq_len=t.max_seq_len, max_chunks=t.max_chunks_per_user,
                                min_valid_events=t.min_valid_events, interest=self._interest())
-        lakehouse.replace_where(self.spark, self.conf, TRAINING_SEQUENCES, seqs, f"ds = '{ds.isoformat()}'")
+        lakehouse.replace_where(self.spark, self.conf, TRAINING_SEQUENCES, seqs, f"ds = '{ds.isoformat()}'",
+                                metrics=False)
         path = self.conf.table_path(TRAINING_SEQUENCES.logical)
         version = DeltaTable.forPath(self.spark, path).history(1).first()["version"]
         # Written only by whole-partition replaces (no deletion vectors), so the files are the snapshot.

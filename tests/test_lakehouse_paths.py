@@ -185,3 +185,75 @@ def test_ingest_merge_and_nightly_migrate_on_a_file_uri_root(spark, tmp_path, mo
     assert RunLock(spark, night, "probe").holder() is None  # released
     assert (tmp_path / "night" / "user_interest" / "_delta_log").is_dir()
     assert not any(p.name.startswith("file:") for p in tmp_path.iterdir()) and not Path("file:").exists()
+
+
+# ---- table versions from the Delta log, and the ensured-table cache --------------------------------------------
+@pytest.mark.parametrize("spelling", ["{p}", "file://{p}"], ids=["plain_path", "file_uri"])
+def test_table_versions_match_history(spark, tmp_path, spelling):
+    """The listing of ``_delta_log`` gives the version ``history(1)`` gives, through appends, MERGEs, a checkpoint
+    (more than 10 commits) and a RESTORE, on a plain path root and a ``file:`` URI root."""
+    from delta.tables import DeltaTable
+
+    from tests.migration_helpers import put_events, put_items
+
+    conf = make_conf(spelling.format(p=tmp_path / "lake"))  # type: ignore[arg-type]
+    specs = (EVENTS, ITEMS)
+    assert lakehouse.table_versions(spark, conf, specs, missing_ok=True) == {"events": None, "items": None}
+    with pytest.raises(ValueError, match=r"not a Delta table.*events"):
+        lakehouse.table_versions(spark, conf, specs)
+
+    def check() -> dict[str, int]:
+        want = {s.logical: DeltaTable.forPath(spark, conf.table_path(s.logical)).history(1).first()["version"]
+                for s in specs}
+        assert lakehouse.table_versions(spark, conf, specs) == want
+        assert lakehouse.table_version(spark, conf, ITEMS) == want["items"]
+        return want
+
+    lakehouse.ensure_tables(spark, conf, specs)
+    assert check() == {"events": 0, "items": 0}  # created
+    for i in range(12):  # appends: Delta writes a checkpoint at version 10
+        put_events(spark, conf, [(1, 100 + i, f"2026-01-{1 + i:02d} 10:00:00")])
+        if i >= 8:
+            assert check()["events"] == i + 1
+    log_dir = Lakehouse(conf.lakehouse.root).local_path(conf.table_path("events")) / "_delta_log"
+    assert any(".checkpoint." in p.name for p in log_dir.iterdir()), sorted(p.name for p in log_dir.iterdir())
+    put_items(spark, conf, [(1, "Alien", ["scifi"]), (2, "Pasta", ["cooking"])])  # MERGE: insert
+    put_items(spark, conf, [(1, "Alien Planet", ["scifi"]), (3, "Bread", ["cooking"])])  # MERGE: insert one
+    assert check() == {"events": 12, "items": 2}
+    lakehouse.restore_version(spark, conf, EVENTS, 4)
+    assert check() == {"events": 13, "items": 2}  # a RESTORE is a commit too
+    assert lakehouse.read_table(spark, conf, EVENTS).count() == 4
+    lakehouse.restore_version(spark, conf, EVENTS, 13)  # already there: no commit
+    assert check()["events"] == 13
+
+
+def test_ensured_tables_are_cached_until_forgotten(spark, tmp_path):
+    """A table ensured once is returned from memory; after its folder and registration are deleted (a scratch
+    lakehouse made again), :func:`lakehouse.forget_ensured` makes the next use create and register it again."""
+    import shutil
+
+    from tests.migration_helpers import put_events
+
+    conf = make_conf(tmp_path / "lake")
+    first = lakehouse.ensure_table(spark, conf, EVENTS)
+    assert lakehouse.ensure_table(spark, conf, EVENTS) is first  # no catalog or storage round trip
+    lakehouse.ensure_tables(spark, conf, (EVENTS, ITEMS))
+    assert lakehouse.ensure_table(spark, conf, ITEMS) is not first
+    put_events(spark, conf, [(1, 10, "2026-01-01 10:00:00"), (1, 11, "2026-01-01 10:05:00")])
+    assert lakehouse.read_table(spark, conf, EVENTS).count() == 2
+
+    spark.sql(f"DROP DATABASE {conf.lakehouse.database} CASCADE")
+    shutil.rmtree(tmp_path / "lake")
+    lakehouse.forget_ensured(conf)
+    lakehouse.ensure_database(spark, conf)
+    put_events(spark, conf, [(2, 12, "2026-01-02 10:00:00")])
+    assert lakehouse.read_table(spark, conf, EVENTS).count() == 1
+    assert spark.catalog.tableExists(conf.table_name("events"))
+    assert lakehouse.table_version(spark, conf, EVENTS) == 1  # created again, then one append
+
+    # The one-listing path still refuses a name registered at another lakehouse.
+    other = make_conf(tmp_path / "other")
+    other = other.model_copy(update={"lakehouse": other.lakehouse.model_copy(
+        update={"database": conf.lakehouse.database})})
+    with pytest.raises(RuntimeError, match="points at .* not at this lakehouse's"):
+        lakehouse.ensure_tables(spark, other, (EVENTS,))

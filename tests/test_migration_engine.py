@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from pyspark.sql import functions as F
 
-from driftrec import lakehouse
+from driftrec import jobstats, lakehouse
 from driftrec.categories import item_categories
 from driftrec.migration import kernels
 from driftrec.migration import transitions as tr
@@ -35,6 +35,9 @@ from tests.conftest import make_conf
 
 D = [dt.date(2026, 3, 1) + dt.timedelta(days=i) for i in range(4)]
 HALF_LIFE = 3.0
+# Spark jobs of the one nightly run below (driver-issued actions x query stages; driftrec.jobstats): measured 201
+# (local[*], 2 cores, shuffle_partitions=2) with the bookkeeping steps 0-2 of the plan; lower it as later steps land.
+NIGHT_JOB_BUDGET = 210
 
 
 def test_worked_example_and_migration_term_matches_kernel(spark):
@@ -129,8 +132,15 @@ def test_nightly_state_matches_scratch_and_rerun_is_idempotent(spark, tmp_path, 
     assert lakehouse.read_table(spark, conf, USER_DRIFT).where(F.col("ds") == D[2]).count() == 0
 
     assert job.processed_dates() == D[:3]
-    (night,) = job.run(D[3])  # a nightly run: its own batch, MERGEs only what D[3] touched
+    jobstats.start()
+    try:
+        with jobstats.job_group(spark, "night"):
+            (night,) = job.run(D[3])  # a nightly run: its own batch, MERGEs only what D[3] touched
+        jobs = jobstats.report(spark)
+    finally:
+        jobstats.stop()
     assert night.ds == D[3] and night.n_events == 9
+    assert 0 < sum(jobs.values()) <= NIGHT_JOB_BUDGET, jobs
 
     # Incremental nights == one recomputation from scratch, to 1e-9 relative, for every decayed count.
     events = lakehouse.read_table(spark, conf, EVENTS).select(*tr.EVENT_COLS)

@@ -13,7 +13,7 @@ import datetime as dt
 
 from pyspark.sql import DataFrame, SparkSession
 
-from driftrec import lakehouse
+from driftrec import jobstats, lakehouse
 from driftrec.config import Config
 from driftrec.tables import TableSpec, conform
 
@@ -83,6 +83,7 @@ class StagedState:
         """Rows of a ``ds``-dated table; each staged date replaces that date's rows."""
         self._stage(spec, df, ["ds"], "dates")
 
+    @jobstats.grouped("migrate:commit")
     def commit(self, start: dt.date, end: dt.date) -> None:
         """One write per changed table. Dated tables get the whole ``[start, end]`` range replaced, so a date the
         batch left empty (a night without active users) is emptied too."""
@@ -94,7 +95,8 @@ class StagedState:
                 lakehouse.replace_groups(self.spark, self.conf, spec, rows, tuple(self._by[name]), metrics=False)
             else:
                 lakehouse.replace_where(
-                    self.spark, self.conf, spec, rows, f"ds >= '{start.isoformat()}' AND ds <= '{end.isoformat()}'"
+                    self.spark, self.conf, spec, rows, f"ds >= '{start.isoformat()}' AND ds <= '{end.isoformat()}'",
+                    metrics=False,
                 )
         for d in (self._base, self._specs, self._rows, self._by, self._kind):
             d.clear()
