@@ -18,6 +18,11 @@ A night here is, in actions:
 
 For one day ``p``, ``m``, ``rt`` and ``lt`` do not depend on ``(a, b)`` and ``p_new`` is closed-form in them
 (:func:`kernels.posterior_from_total`, on Columns), so the pass runs before the fit.
+
+Left for the switch-over (step 6): the events are read by every branch of the pass and by the preamble, so they
+must be pinned to one Delta version (plan 2.4) before this replaces ``_night``; ``n_events`` already comes from the
+pass's own read. Stored user transitions are densified over the night's categories (the catalogue's and the
+stored global matrix's, which hold every category ever counted), so a stored row outside them would be dropped.
 """
 
 from __future__ import annotations
