@@ -118,6 +118,40 @@ def test_night_bucket_equals_the_one_user_kernels_and_converts_to_its_arrow_sche
             pa.Array.from_pandas(frame[name], mask=frame[name].isnull(), type=ARROW[kind], safe=True)
 
 
+def test_night_bucket_cells_equal_the_old_frame_and_update_functions():
+    """The same bucket through the old path's pandas functions (``interest.night_frame``'s, then
+    ``interest.updated_interest``'s): equal cells, and ``p_new`` equal once applied at ``(a, b)``."""
+    from driftrec.migration import interest
+
+    rng = np.random.default_rng(8)
+    m = make_conf(Path("/tmp/unused"), "migration.shrinkage_strength=2.0").migration
+    rows = _bucket_rows(rng)
+    g, pg = _dist(rng, 3), _dist(rng, 3, 3)
+    out = night.night_bucket(CATS, g, pg, m)(rows)
+    cells = out[out.kind == night.CELL].sort_values(["user_id", "category"]).reset_index(drop=True)
+
+    movers = sorted(set(rows.loc[rows.kind == night.EVIDENCE, "user_id"]))
+    of = lambda kind: rows[(rows.kind == kind) & rows.user_id.isin(movers)]  # noqa: E731
+    old_cells = pd.concat([
+        pd.DataFrame({"user_id": movers, "category": None}),
+        of(night.STORED_INTEREST)[["user_id", "category", "p", "rt", "lt"]],
+        of(night.EVIDENCE)[["user_id", "category", "n"]],
+    ], ignore_index=True)
+    old_counts = of(night.USER_TRANSITION)[["user_id", "from_cat", "to_cat", "count"]]
+    frame = interest._frame_function(CATS, g, pg, m.shrinkage_strength)(old_cells, old_counts)
+    frame = frame.sort_values(["user_id", "category"]).reset_index(drop=True)
+    assert frame.has_prev.tolist() == cells.has_prev.tolist()
+    for new, old in (("p", "p"), ("m", "m"), ("g", "g"), ("n", "n")):
+        np.testing.assert_array_equal(cells[new].to_numpy(float), frame[old].to_numpy(float), err_msg=new)
+    np.testing.assert_array_equal(cells.rt_new.to_numpy(float), (frame.rt_prev + frame.n).to_numpy(float))
+    np.testing.assert_array_equal(cells.lt_new.to_numpy(float), (frame.lt_prev + frame.n).to_numpy(float))
+    updated = interest._update_function(0.55, 0.3, m.prior_strength)(frame.assign(bucket=0))
+    updated = updated.sort_values(["user_id", "category"]).reset_index(drop=True)
+    q = kernels.prior_from_terms(cells.p, cells.m, cells.g, 0.55, 0.3)
+    p_new = kernels.posterior_from_total(q, cells.n, cells.n_user, m.prior_strength)
+    np.testing.assert_allclose(p_new, updated.p_new, rtol=1e-14)
+
+
 # ---- old path vs new pass on a Delta lakehouse ----------------------------------------------------------------
 D = [dt.date(2026, 4, 1) + dt.timedelta(days=i) for i in range(3)]
 ITEMS = [(1, "Alien Planet", ["scifi"]), (2, "Warp Drive", ["scifi"]), (3, "Garlic Pasta", ["cooking"]),
