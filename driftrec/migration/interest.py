@@ -32,10 +32,13 @@ def prior_column(a: Column | float, b: Column | float) -> Column:
     return kernels.prior_from_terms(F.col("p"), F.col("m"), F.col("g"), a_c, b_c)
 
 
-def user_buckets(users: DataFrame) -> Column:
-    """A ``bucket`` column: ``user_id`` hashed into enough buckets for ``USERS_PER_BUCKET`` users each."""
+def user_buckets(users: DataFrame, n_users: int | None = None) -> Column:
+    """A ``bucket`` column: ``user_id`` hashed into enough buckets for ``USERS_PER_BUCKET`` users each.
+
+    ``n_users`` (e.g. an approximate count already collected) saves the count of ``users``' distinct ids."""
     spark = users.sparkSession
-    n_users = users.select("user_id").distinct().count()
+    if n_users is None:
+        n_users = users.select("user_id").distinct().count()
     n = max(spark.sparkContext.defaultParallelism, -(-n_users // USERS_PER_BUCKET))
     return F.pmod(F.xxhash64("user_id"), F.lit(n)).alias("bucket")
 
