@@ -26,6 +26,7 @@ from pathlib import Path
 from benchmarks.bench_migration import load_lakehouse
 from driftrec import jobstats, lakehouse, stage_runs
 from driftrec.config import SyntheticConfig, load_config
+from driftrec.migration import night
 from driftrec.runlock import RunLock
 from driftrec.spark import build_spark
 from driftrec.synthetic import write_dataset
@@ -42,7 +43,8 @@ def _grouped(owner, attr: str, name) -> None:
 
     @functools.wraps(original)
     def wrapper(*args, **kwargs):
-        spark = getattr(args[0], "spark", args[0])  # a method's self, or the session itself
+        first = args[0]  # a method's self (or a StagedState), a DataFrame, or the session itself
+        spark = getattr(first, "sparkSession", None) or getattr(first, "spark", first)
         label = name(args[2]) if callable(name) else name
         with jobstats.job_group(spark, label):
             return original(*args, **kwargs)
@@ -56,8 +58,10 @@ def instrument() -> None:
     _grouped(RunLock, "__exit__", "lock")
     _grouped(stage_runs, "record", "pipeline_runs")
     _grouped(stage_runs, "latest_status", "pipeline_runs")
-    _grouped(MigrationJob, "_drift_params", "night:fit")
-    _grouped(MigrationJob, "_item_tables", "night:item_tables")
+    _grouped(night, "night_preamble", "night:preamble")
+    _grouped(night, "night_totals", "night:totals")
+    _grouped(night, "drift_params", "night:fit")
+    _grouped(night, "stage_night", "night:stage")
     for fn in ("merge_upsert", "replace_groups", "replace_where", "append"):
         _grouped(lakehouse, fn, lambda spec: f"write:{spec.logical}")
 

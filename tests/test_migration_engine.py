@@ -140,6 +140,7 @@ def test_nightly_state_matches_scratch_and_rerun_is_idempotent(spark, tmp_path, 
     finally:
         jobstats.stop()
     assert night.ds == D[3] and night.n_events == 9
+    print(f"Spark jobs of one nightly run: {sum(jobs.values())} {jobs}")
     assert 0 < sum(jobs.values()) <= NIGHT_JOB_BUDGET, jobs
 
     # Incremental nights == one recomputation from scratch, to 1e-9 relative, for every decayed count.

@@ -1,5 +1,6 @@
 """The one-pass night (driftrec.migration.night): its pandas function against the 1-D kernels (no Spark), and the
-rows it stages against those of the old ``MigrationJob._night`` on a small lakehouse, night after night."""
+rows it stages against those of the night it replaced (``tests/reference_night.py``) on a small lakehouse, night
+after night."""
 
 from __future__ import annotations
 
@@ -175,14 +176,15 @@ def _rows(df, drop=()):
     return sorted(tuple(r) for r in df.drop(*drop).collect())
 
 
-@pytest.mark.slow
+@pytest.mark.heavy  # ~6 min: two whole nights per date, the old one ~20 Spark actions each
 def test_night_pass_stages_the_rows_of_the_old_night(spark, tmp_path):
     from driftrec import lakehouse
     from driftrec.categories import item_categories
     from driftrec.migration.state import StagedState, materialise
-    from driftrec.tables import (CATEGORY_TRANSITIONS, DRIFT_PARAMS, MIGRATION_STATE_TABLES, MIGRATION_TABLES,
-                                 USER_DRIFT)
+    from driftrec.tables import (CATEGORY_TRANSITIONS, DRIFT_PARAMS, EVENTS, MIGRATION_STATE_TABLES,
+                                 MIGRATION_TABLES, USER_DRIFT)
     from jobs.migrate import VERSIONED, MigrationJob
+    from tests.reference_night import OldNight
     from tests.migration_helpers import assert_rows_close, put_events, put_items
 
     conf = make_conf(tmp_path / "lh", "migration.half_life_days=3.0", "migration.gap_minutes=30",
@@ -190,15 +192,16 @@ def test_night_pass_stages_the_rows_of_the_old_night(spark, tmp_path):
                      "migration.fit_grid_step=0.1")
     put_items(spark, conf, ITEMS)
     put_events(spark, conf, _events())
-    job = MigrationJob(spark, conf)
+    job, old = MigrationJob(spark, conf), OldNight(spark, conf)
     lakehouse.ensure_tables(spark, conf, MIGRATION_TABLES)
     methods = []
     for day in D:
         versions = {spec.logical: lakehouse.table_version(spark, conf, spec) for spec in VERSIONED}
         item_cats = materialise(item_categories(spark, conf))
         new_state, old_state = StagedState(spark, conf, versions), StagedState(spark, conf, versions)
-        params = night.run_night(new_state, job._events(day), item_cats, day, conf.migration)
-        report = job._night(day, old_state, item_cats)
+        events_version = lakehouse.table_version(spark, conf, EVENTS)
+        params = night.run_night(new_state, job._events(day, events_version), item_cats, day, conf.migration)
+        report = old.night(day, old_state, item_cats)
         assert list(new_state._rows) == list(old_state._rows)  # the same tables, staged in the same (commit) order
         for spec in (*MIGRATION_STATE_TABLES, USER_DRIFT, DRIFT_PARAMS):
             drop = ("finished_at",) if spec is DRIFT_PARAMS else ()

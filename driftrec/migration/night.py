@@ -1,9 +1,9 @@
 """One migration night in a handful of Spark actions: one read of the small inputs, ONE grouped-pandas pass, one
 tiny collect, the (a, b) fit, then the nine tables staged (plan: ``night_jobs.md``, section 2).
 
-NOT YET WIRED: ``jobs/migrate.py`` (``MigrationJob._night``) still runs the old path, which issues ~20 driver-side
-actions per night (a checkpoint per intermediate, several collects). This module sits beside it until step 6 of
-the plan switches over; ``tests/test_migration_night.py`` checks that it stages the same rows as the old path.
+``jobs/migrate.py`` (``MigrationJob._night``) runs every night through :func:`run_night`. The path it replaced
+(~20 driver-side actions per night: a checkpoint per intermediate, several collects) lives on as a test reference,
+``tests/reference_night.py``; ``tests/test_migration_night.py`` checks that both stage the same rows.
 
 A night here is, in actions:
 
@@ -19,10 +19,9 @@ A night here is, in actions:
 For one day ``p``, ``m``, ``rt`` and ``lt`` do not depend on ``(a, b)`` and ``p_new`` is closed-form in them
 (:func:`kernels.posterior_from_total`, on Columns), so the pass runs before the fit.
 
-Left for the switch-over (step 6): the events are read by every branch of the pass and by the preamble, so they
-must be pinned to one Delta version (plan 2.4) before this replaces ``_night``; ``n_events`` already comes from the
-pass's own read. Stored user transitions are densified over the night's categories (the catalogue's and the
-stored global matrix's, which hold every category ever counted), so a stored row outside them would be dropped.
+The job reads the night's events pinned to one ``events`` version for the batch, so the preamble and every branch of
+the pass see the same rows. Stored user transitions are densified over the night's categories (the catalogue's and
+the stored global matrix's, which hold every category ever counted), so a stored row outside them would be dropped.
 """
 
 from __future__ import annotations
