@@ -91,7 +91,8 @@ class StagedState:
             spec, kind = self._specs[name], self._kind[name]
             if kind == "upsert":
                 lakehouse.merge_upsert(self.spark, self.conf, spec, rows, update_when="true", metrics=False)
-            elif kind == "groups":
+            elif kind == "groups":  # the source is read three times (rows, groups, keys): compute it once
+                rows = self._staged(name)
                 lakehouse.replace_groups(self.spark, self.conf, spec, rows, tuple(self._by[name]), metrics=False)
             else:
                 lakehouse.replace_where(
