@@ -192,7 +192,7 @@ def test_night_pass_stages_the_rows_of_the_old_night(spark, tmp_path):
                      "migration.fit_grid_step=0.1")
     put_items(spark, conf, ITEMS)
     put_events(spark, conf, _events())
-    job, old = MigrationJob(spark, conf), OldNight(spark, conf)
+    job, reference = MigrationJob(spark, conf), OldNight(spark, conf)
     lakehouse.ensure_tables(spark, conf, MIGRATION_TABLES)
     methods = []
     for day in D:
@@ -201,7 +201,7 @@ def test_night_pass_stages_the_rows_of_the_old_night(spark, tmp_path):
         new_state, old_state = StagedState(spark, conf, versions), StagedState(spark, conf, versions)
         events_version = lakehouse.table_version(spark, conf, EVENTS)
         params = night.run_night(new_state, job._events(day, events_version), item_cats, day, conf.migration)
-        report = old.night(day, old_state, item_cats)
+        report = reference.night(day, old_state, item_cats)
         assert list(new_state._rows) == list(old_state._rows)  # the same tables, staged in the same (commit) order
         for spec in (*MIGRATION_STATE_TABLES, USER_DRIFT, DRIFT_PARAMS):
             drop = ("finished_at",) if spec is DRIFT_PARAMS else ()
