@@ -243,12 +243,30 @@ def ensure_database(spark: SparkSession, conf: Config) -> None:
     spark.sql(f"CREATE DATABASE IF NOT EXISTS {conf.lakehouse.database}")
 
 
+def _catalog_location(spark: SparkSession, conf: Config, spec: TableSpec) -> str | None:
+    """The session catalog's location for the table's name ("" when it has no such table), read from the catalog's
+    metadata: no Delta snapshot and no Spark job, unlike ``DESCRIBE DETAIL``. ``None`` when that catalog cannot be
+    asked this way (then the caller falls back to the query)."""
+    try:
+        external = spark._jsparkSession.sessionState().catalog().externalCatalog()
+        database, table = conf.lakehouse.database.lower(), getattr(conf.tables, spec.logical).lower()
+        if not external.tableExists(database, table):
+            return ""
+        return str(external.getTable(database, table).location().toString())
+    except Exception:  # noqa: BLE001 - py4j errors of catalogs without this API: ask with a query instead
+        return None
+
+
 def _check_registered_location(spark: SparkSession, conf: Config, spec: TableSpec) -> None:
     """Refuse to write when the catalog name points at another lakehouse: that would mix two lakehouses."""
     name = conf.table_name(spec.logical)
-    if not spark.catalog.tableExists(name):
+    location = _catalog_location(spark, conf, spec)
+    if location is None:
+        if not spark.catalog.tableExists(name):
+            return
+        location = spark.sql(f"DESCRIBE DETAIL {name}").first()["location"]
+    elif location == "":
         return
-    location = spark.sql(f"DESCRIBE DETAIL {name}").first()["location"]
     expected = conf.table_path(spec.logical)
     if not same_location(location, expected):
         raise RuntimeError(

@@ -153,6 +153,8 @@ def test_ingest_merge_and_nightly_migrate_on_a_file_uri_root(spark, tmp_path, mo
     assert lakehouse.read_table(spark, conf, EVENTS).count() == 6
     location = spark.sql(f"DESCRIBE DETAIL {conf.table_name('events')}").first()["location"]
     assert same_location(location, str(local / "events"))
+    # The check reads the catalog's metadata (no DESCRIBE DETAIL query), and it names the same place.
+    assert same_location(lakehouse._catalog_location(spark, conf, EVENTS), str(local / "events"))
     lakehouse._check_registered_location(spark, conf, EVENTS)  # file:/x vs file:///x: the same place, no error
     other = make_conf(tmp_path / "other")
     other = other.model_copy(update={"lakehouse": other.lakehouse.model_copy(
