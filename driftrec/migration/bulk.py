@@ -140,6 +140,26 @@ def interest_recurrence(cats: list[str], g: np.ndarray, global_p: np.ndarray, m:
     return per_bucket
 
 
+def alternate_fit(fit_at, start: tuple[float, float], step: float, rounds: int = MAX_FIT_ROUNDS):
+    """``(a, b, fitted)``: the last of at most ``rounds`` fits ``fit_at(a, b)`` (the fit on the recurrence run at
+    ``(a, b)``; ``None``: too little evidence), stopping once a fit lands within ``step / 10`` of where it ran.
+
+    Damped: the next run is at the mean of the current point and its fit. A fit on a state built at the wrong
+    ``(a, b)`` overshoots to the other side of the truth (measured slope about -1), so rerunning at the fit itself
+    cycles between two points and never settles (tests/test_migration_fit_recovery.py)."""
+    a, b = start
+    result = None
+    for _ in range(rounds):
+        got = fit_at(a, b)
+        if got is None:
+            break
+        result = got
+        if abs(got[0] - a) + abs(got[1] - b) < step / 10:
+            break
+        a, b = round((a + got[0]) / 2, 10), round((b + got[1]) / 2, 10)
+    return (*start, False) if result is None else (*result, True)
+
+
 def build_state(
     spark: SparkSession, m: MigrationConfig, events: DataFrame, item_cats: DataFrame, cutoff: dt.date
 ) -> BulkState:
@@ -193,19 +213,20 @@ def build_state(
         a, b, method = m.pin_a, m.pin_b, "pinned"
         rows = recurrence(a, b)
     else:
-        a, b, method = m.default_a, m.default_b, "default"
-        rows = recurrence(a, b)
-        for _ in range(MAX_FIT_ROUNDS):
-            held = rows.where(F.col("kind") == "fit")
+        last: dict = {}
+
+        def fit_at(a: float, b: float) -> tuple[float, float] | None:
+            last["ab"], last["rows"] = (a, b), recurrence(a, b)
+            held = last["rows"].where(F.col("kind") == "fit")
             n_fit = held.agg(F.sum("n")).first()[0] or 0.0
             if n_fit < m.min_fit_events:
-                break
+                return None
             result = fit.fit_drift(spark, held, m.fit_grid_step, total=n_fit)
-            moved = abs(result.a - a) + abs(result.b - b)
-            a, b, method = result.a, result.b, "bulk-fitted"
-            rows = recurrence(a, b)
-            if moved < m.fit_grid_step / 10:
-                break
+            return None if result is None else (result.a, result.b)
+
+        a, b, fitted = alternate_fit(fit_at, (m.default_a, m.default_b), m.fit_grid_step)
+        method = "bulk-fitted" if fitted else "default"
+        rows = last["rows"] if last["ab"] == (a, b) else recurrence(a, b)
     held = rows.where(F.col("kind") == "fit")
     n_fit = float(held.agg(F.sum("n")).first()[0] or 0.0)
     ll = fit.log_likelihood_at(held, a, b) if n_fit else None
