@@ -180,6 +180,9 @@ class EvaluationJob:
             iterations=ev.als_iterations, seed=self.conf.training.seed,
         ).localCheckpoint(eager=True)
         timings["als"] = round(time.perf_counter() - t0, 1)
+        t0 = time.perf_counter()
+        out["markov_item"] = baselines.markov_item_recommendations(train, users, k).localCheckpoint(eager=True)
+        timings["markov_item"] = round(time.perf_counter() - t0, 1)
         return out
 
     # ---- the run -----------------------------------------------------------------------------------------------

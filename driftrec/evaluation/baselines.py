@@ -4,6 +4,8 @@
   user has consumed. Each user needs at most ``k + |consumed|`` ranks of it, so the join stays linear in events.
 * :func:`als_recommendations`: Spark MLlib ALS with implicit feedback; its factors score every item per user in a
   pandas UDF (``recommendForUserSubset`` cannot exclude consumed items without over-fetching a guessed amount).
+* :func:`markov_item_recommendations`: the plain first-order item Markov chain (:mod:`driftrec.evaluation.markov`):
+  pair counts in Spark, the row of each user's last item scored in a pandas UDF, popularity for ties.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import numpy as np
 import pandas as pd
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
+
+from driftrec.evaluation import markov
 
 RECS_SCHEMA = "user_id long, rank int, item_id long, score double"
 
@@ -88,3 +92,43 @@ def als_recommendations(
         .join(consumed, "user_id", "left")
     )
     return user_rows.mapInPandas(_factor_topk(item_ids, item_vecs, k), RECS_SCHEMA)
+
+
+def item_transitions(train: DataFrame) -> DataFrame:
+    """``(prev_item, item_id, count)``: every consecutive pair of each user's events ordered by ``(event_ts,
+    event_id)``, no gap cut, no decay (:func:`driftrec.evaluation.markov.transition_counts` in Spark)."""
+    ordered = Window.partitionBy("user_id").orderBy("event_ts", "event_id")
+    return (
+        train.select("user_id", "item_id", F.lag("item_id").over(ordered).alias("prev_item"))
+        .where(F.col("prev_item").isNotNull())
+        .groupBy("prev_item", "item_id").agg(F.count(F.lit(1)).alias("count"))
+        .select(F.col("prev_item").cast("long"), F.col("item_id").cast("long"), F.col("count").cast("long"))
+    )
+
+
+def markov_item_recommendations(train: DataFrame, users: DataFrame, k: int) -> DataFrame:
+    """Top ``k`` unseen items per user of ``users`` by ``C(last -> i) / C(last -> *)`` over ``train``; ties and users
+    whose last item has no successors fall back to popularity (:mod:`driftrec.evaluation.markov`).
+
+    The pair counts and item counts (catalogue-sized) are collected once and travel with the UDF, as ALS's factors do.
+    """
+    missing = {"user_id", "item_id", "event_ts", "event_id"} - set(train.columns)
+    if missing:
+        raise ValueError(f"markov_item: train lacks columns {sorted(missing)}")
+    model = markov.chain(
+        item_transitions(train).toPandas(),
+        train.groupBy(F.col("item_id").cast("long").alias("item_id")).agg(F.count(F.lit(1)).alias("count")).toPandas(),
+    )
+    state = train.groupBy("user_id").agg(
+        F.max(F.struct("event_ts", "event_id", "item_id")).getField("item_id").cast("long").alias("last_item"),
+        F.collect_set(F.col("item_id").cast("long")).alias("consumed"),
+    )
+    user_rows = users.select(F.col("user_id").cast("long")).distinct().join(state, "user_id", "left")
+
+    def score(batches):
+        for pdf in batches:
+            out = markov.recommend(model, pdf, k)
+            if len(out):
+                yield out
+
+    return user_rows.mapInPandas(score, RECS_SCHEMA)
