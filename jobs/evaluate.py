@@ -8,10 +8,16 @@ are not in the scratch lakehouse at all. Systems:
 
 * ``popular_all_time`` / ``popular_recent`` (the ``evaluation.recent_days`` before the cutoff);
 * ``als``: Spark MLlib implicit ALS;
+* ``markov_item``: the plain first-order item Markov chain, the row of the user's last item
+  (:mod:`driftrec.evaluation.markov`);
 * ``migration``: the migration engine alone (blend weight 1);
 * ``sasrec_random``: the sequential model without text initialisation, alone (blend weight 0);
 * ``sasrec_text``: the text-initialised model alone;
 * ``pipeline``: the text-initialised model blended with the migration engine (``topk.blend_weight``).
+
+The peers, what users run today (:data:`driftrec.evaluation.report.PEERS`), are ``popular_*``, ``als``,
+``markov_item`` and ``sasrec_random``; the report and the printed table show the best of them per protocol, segment,
+metric and K, and each driftrec system's ratio to it (``config_json`` of every stored row lists the peers).
 
 Metrics (HR, Recall, NDCG, MRR at each K, coverage) are written overall and for migrating / stable users (their
 latest ``user_drift`` row as of the cutoff), with the run's configuration, replacing any earlier rows of the same
@@ -40,6 +46,7 @@ from pyspark.sql import functions as F
 from driftrec import lakehouse
 from driftrec.config import Config
 from driftrec.evaluation import baselines, metrics, protocols
+from driftrec.evaluation.report import PEERS, peer_table, versus_best_peer
 from driftrec.evaluation.views import latest_drift
 from driftrec.jobargs import base_parser, config_from_args
 from driftrec.spark import build_spark
@@ -80,6 +87,12 @@ class EvaluationReport:
         """Systems x (protocol, metric) at cut-off ``k``, overall segment."""
         sel = self.rows[(self.rows["segment"] == "all") & (self.rows["k"] == k)]
         return sel.pivot_table(index="system", columns=["protocol", "metric"], values="value")
+
+    def versus_peers(self, k: int = 10, metrics: tuple[str, ...] = ("ndcg", "hr")) -> pd.DataFrame:
+        """Per protocol and metric at ``k``, overall segment: the best peer, its value, each driftrec system's ratio."""
+        versus = versus_best_peer(self.rows)
+        versus = versus[(versus["segment"] == "all") & (versus["k"] == k) & versus["metric"].isin(metrics)]
+        return peer_table(versus).droplevel(["segment", "k"])
 
 
 def _scratch_conf(conf: Config, root: Path, protocol: str, **sections) -> Config:
@@ -239,7 +252,8 @@ class EvaluationJob:
 
     def write(self, table: pd.DataFrame, cutoffs: dict[str, str]) -> int:
         config = json.dumps({"evaluation": self.ev.model_dump(), "topk_blend_weight": self.conf.topk.blend_weight,
-                             "training": self.conf.training.model_dump(), "cutoffs": cutoffs}, default=str)
+                             "training": self.conf.training.model_dump(), "cutoffs": cutoffs, "peers": list(PEERS)},
+                            default=str)
         df = self.spark.createDataFrame(
             table.assign(k=table["k"].astype(int), users=table["users"].astype("int64")),
             "protocol string, system string, segment string, k int, metric string, value double, users long",
@@ -265,6 +279,7 @@ def entrypoint(argv: list[str] | None = None) -> int:
     spark = build_spark(conf, app_name="driftrec-evaluate")
     report = EvaluationJob(spark, conf, args.dataset, args.run_id).run()
     print(report.table().round(4).to_string())
+    print(report.versus_peers().round(4).to_string())
     print(f"run {report.run_id}: {report.seconds} s; report {report.report_path}")
     return 0
 

@@ -5,6 +5,7 @@ reaches what the systems read."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 
 import pandas as pd
 import pytest
@@ -38,7 +39,7 @@ SETTINGS = (
     "training.lr=0.005", "evaluation.epochs=2", "evaluation.horizon_days=3", "evaluation.recent_days=3",
     "evaluation.als_rank=8", "evaluation.als_iterations=5", "topk.users_per_batch=32", "topk.partitions=2",
 )
-BASELINES = ("popular_all_time", "popular_recent", "als")
+BASELINES = ("popular_all_time", "popular_recent", "als", "markov_item")
 
 
 def _data(extra_after: dt.date | None = None):
@@ -88,7 +89,7 @@ def test_every_system_ranks_unseen_items_for_every_truth_user(spark, evaluated):
             assert not set(g["item_id"]) & seen, (system, user)
             assert g["score"].is_monotonic_decreasing, (system, user)
         lists[system] = tuple(df["item_id"])
-    assert len(set(lists.values())) == len(lists)  # seven different rankings, not one list under seven names
+    assert len(set(lists.values())) == len(lists)  # eight different rankings, not one list under eight names
 
 
 def test_metrics_are_written_once_per_run_id(spark, evaluated, tmp_path):
@@ -98,6 +99,7 @@ def test_metrics_are_written_once_per_run_id(spark, evaluated, tmp_path):
     assert len(stored) == len(report.rows) > 0
     assert set(stored["protocol"]) == {"temporal"}
     assert set(stored["system"]) == systems
+    assert set(json.loads(stored["config_json"].iloc[0])["peers"]) == {*BASELINES, "sasrec_random"}
     # Per protocol and system: 4 ranking metrics x 2 cut-offs x each segment present, plus coverage at each K.
     for (protocol, system), g in stored.groupby(["protocol", "system"]):
         segs = set(g["segment"])
@@ -127,8 +129,9 @@ def test_report_renders_tables_and_plots(evaluated):
     _, report = evaluated
     page = report.report_path.read_text()
     assert page.startswith("<!doctype html>") and page.count("data:image/png;base64,") == 5
-    for system in ("pipeline", "migration", "als", "popular_recent"):
+    for system in ("pipeline", "migration", "als", "popular_recent", "markov_item"):
         assert system in page
+    assert "<h2>Against the best peer</h2>" in page and "pipeline / best" in page
     assert "<h2>Category transitions</h2>" in page and "rising categories" in page
 
 

@@ -1,5 +1,6 @@
 """The plain first-order item Markov chain baseline (``markov_item``): hand-computed rankings from the numpy core,
-its exact top-k against a brute-force sort, and the Spark baseline on the same tiny events."""
+its exact top-k against a brute-force sort, the Spark baseline on the same tiny events, and the report's best peer
+and ratios to it."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pandas as pd
 import pytest
 
 from driftrec.evaluation import markov
+from driftrec.evaluation.report import peer_table, versus_best_peer
 
 # Each user's items in time order. User 8's two events share a timestamp: the event id orders them ("a" = item 7
 # first, then item 3), so 8's last item is 3 and the pair is 7 -> 3.
@@ -124,3 +126,34 @@ def test_spark_baseline_matches_the_hand_computed_rankings(spark):
         assert list(g["rank"]) == [1, 2, 3, 4], user
         assert list(g["item_id"]) == items, user
         assert g["score"].to_numpy() == pytest.approx(scores), user
+
+
+def test_best_peer_and_ratios_per_protocol_segment_metric_and_k():
+    values = {  # (protocol, segment, metric) -> system -> value, at k = 10
+        ("leave_one_out", "all", "ndcg"): {"popular_all_time": 0.02, "als": 0.03, "markov_item": 0.05,
+                                           "sasrec_random": 0.04, "pipeline": 0.06, "migration": 0.01},
+        ("temporal", "all", "ndcg"): {"popular_all_time": 0.0, "als": 0.2, "markov_item": 0.1, "sasrec_random": 0.2,
+                                      "pipeline": 0.1, "migration": 0.3},  # als and sasrec_random tie: name decides
+        ("temporal", "stable", "hr"): {"popular_recent": 0.0, "markov_item": 0.0, "pipeline": 0.5},  # best is 0
+    }
+    rows = [{"protocol": p, "segment": seg, "k": 10, "metric": m, "system": s, "value": v, "users": 7}
+            for (p, seg, m), systems in values.items() for s, v in systems.items()]
+    rows.append({"protocol": "temporal", "segment": "all", "k": 10, "metric": "coverage", "system": "pipeline",
+                 "value": 0.9, "users": 80})  # coverage is not compared
+    versus = versus_best_peer(pd.DataFrame(rows))
+    got = {(r.protocol, r.segment, r.metric, r.system): (r.best_peer, r.best_value, r.ratio)
+           for r in versus.itertuples()}
+    assert set(got) == {("leave_one_out", "all", "ndcg", "migration"), ("leave_one_out", "all", "ndcg", "pipeline"),
+                        ("temporal", "all", "ndcg", "migration"), ("temporal", "all", "ndcg", "pipeline"),
+                        ("temporal", "stable", "hr", "pipeline")}
+    assert got[("leave_one_out", "all", "ndcg", "pipeline")] == ("markov_item", 0.05, pytest.approx(1.2))
+    assert got[("leave_one_out", "all", "ndcg", "migration")] == ("markov_item", 0.05, pytest.approx(0.2))
+    assert got[("temporal", "all", "ndcg", "migration")] == ("als", 0.2, pytest.approx(1.5))
+    assert got[("temporal", "all", "ndcg", "pipeline")] == ("als", 0.2, pytest.approx(0.5))
+    best, value, ratio = got[("temporal", "stable", "hr", "pipeline")]
+    assert (best, value) == ("markov_item", 0.0) and np.isnan(ratio)
+
+    wide = peer_table(versus)
+    assert list(wide.columns) == ["best_peer", "best_value", "migration / best", "pipeline / best"]
+    assert wide.loc[("leave_one_out", "all", 10, "ndcg"), "pipeline / best"] == pytest.approx(1.2)
+    assert np.isnan(wide.loc[("temporal", "stable", 10, "hr"), "migration / best"])  # not in that segment

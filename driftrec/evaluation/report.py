@@ -1,5 +1,8 @@
 """A self-contained HTML report of one evaluation run: tables and plots embedded as PNG data URIs (matplotlib).
 
+Next to every system's metrics it shows the best peer (:data:`PEERS`: what users run today) per protocol, segment,
+metric and K, and each driftrec system's ratio to it (:func:`versus_best_peer`), the comparison the product answers to.
+
 Plots: NDCG@K and HR@K per system and protocol; the category transition matrix ``P(to | from)`` as a heatmap; the
 distribution of drift scores (JS divergence) with the migrating threshold; and, per system, the share of a user's
 top K that lies in the user's rising category, for migrating and stable users next to what they actually consumed.
@@ -16,7 +19,44 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from driftrec.categories import item_categories
+from driftrec.evaluation.metrics import METRICS
 from driftrec.evaluation.views import category_matrix, latest_drift
+
+# The systems driftrec is measured against; every other system in a run is a driftrec system.
+PEERS = ("popular_all_time", "popular_recent", "als", "markov_item", "sasrec_random")
+
+
+def versus_best_peer(table: pd.DataFrame, peers: tuple[str, ...] = PEERS) -> pd.DataFrame:
+    """``(protocol, segment, k, metric, best_peer, best_value, system, value, ratio)``: per ranking metric, the
+    peer with the highest value (ties by name) and each non-peer system's ``value / best_value`` (NaN when 0).
+
+    ``table``: the run's rows ``(protocol, system, segment, k, metric, value, ...)``; coverage is not a quality
+    metric and is left out. Pure pandas, so the printed table and the HTML report compute it the same way."""
+    keys = ["protocol", "segment", "k", "metric"]
+    ranked = table[table["metric"].isin(METRICS)]
+    peer_rows = ranked[ranked["system"].isin(peers)].sort_values(keys + ["value", "system"],
+                                                                 ascending=[True] * 4 + [False, True])
+    best = peer_rows.groupby(keys, sort=False).head(1)[keys + ["system", "value"]]
+    best = best.rename(columns={"system": "best_peer", "value": "best_value"})
+    ours = ranked[~ranked["system"].isin(peers)][keys + ["system", "value"]]
+    out = best.merge(ours, on=keys, how="left")
+    denom = out["best_value"].where(out["best_value"] > 0)
+    out["ratio"] = out["value"] / denom
+    cols = keys + ["best_peer", "best_value", "system", "value", "ratio"]
+    return out[cols].sort_values(keys + ["system"], na_position="first").reset_index(drop=True)
+
+
+def peer_table(versus: pd.DataFrame) -> pd.DataFrame:
+    """:func:`versus_best_peer`'s rows side by side: one row per (protocol, segment, k, metric), the best peer, its
+    value and one ``<system> / best`` column per driftrec system."""
+    keys = ["protocol", "segment", "k", "metric"]
+    best = versus.drop_duplicates(keys).set_index(keys)[["best_peer", "best_value"]]
+    ratios = versus.dropna(subset=["system"])
+    if ratios.empty:
+        return best
+    wide = ratios.pivot_table(index=keys, columns="system", values="ratio", dropna=False)
+    wide.columns = [f"{c} / best" for c in wide.columns]
+    return best.join(wide)
 
 
 def _png(fig) -> str:
@@ -109,6 +149,11 @@ def render_report(spark: SparkSession, run_id: str, dataset: str, table: pd.Data
         overall = table[(table["segment"] == "all") & (table["k"] == kk)]
         wide = overall.pivot_table(index="system", columns=["protocol", "metric"], values="value")
         parts.append(f"<h2>All users, K = {kk}</h2>" + wide.round(4).to_html())
+    versus = peer_table(versus_best_peer(table))
+    if not versus.empty:
+        parts.append("<h2>Against the best peer</h2><p>best peer: the highest of "
+                     f"{html.escape(', '.join(PEERS))} for each protocol, segment, K and metric; each driftrec "
+                     "system's value divided by it (above 1: driftrec wins).</p>" + versus.round(4).to_html())
     seg = table[(table["segment"] != "all") & (table["k"] == k) & (table["metric"].isin(["ndcg", "hr"]))]
     if not seg.empty:
         parts.append(f"<h2>Migrating vs stable users, K = {k}</h2>"
