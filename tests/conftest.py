@@ -34,8 +34,7 @@ def pytest_configure(config):
         "markers",
         f"heavy: tests that rerun whole jobs: the evaluation job end to end, whole-night robustness scenarios (kill "
         f"mid-write, late-event replay, lock refusal, missing checkpoint), top-k reruns and candidate comparisons, "
-        f"multi-night scale checks (rebuild vs nights, fit recovery, the one-pass night vs the night it replaced), at "
-        f"~1 min per night on test data; opt-in with "
+        f"at ~1 min per night on test data; opt-in with "
         f"{HEAVY_ENV}=1 until a night costs seconds (speed issue), so the suite fits CI's time",
     )
 

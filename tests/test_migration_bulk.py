@@ -47,8 +47,7 @@ def _rows(spark, conf, spec, keys, cols):
     return {tuple(r[k] for k in keys): tuple(r[c] for c in cols) for r in lakehouse.read_table(spark, conf, spec).collect()}
 
 
-@pytest.mark.slow
-@pytest.mark.heavy
+@pytest.mark.slow  # ~6 min: a rebuild and the same nights one by one
 def test_rebuild_matches_nightly_counts_and_leaks_nothing_after_the_cutoff(spark, tmp_path):
     end = D[3]
     nightly = _lakehouse(spark, tmp_path / "nightly", _events())

@@ -176,7 +176,7 @@ def _rows(df, drop=()):
     return sorted(tuple(r) for r in df.drop(*drop).collect())
 
 
-@pytest.mark.heavy  # ~6 min: two whole nights per date, the old one ~20 Spark actions each
+@pytest.mark.slow  # ~2.5 min: two whole nights per date, the old one ~20 Spark actions each
 def test_night_pass_stages_the_rows_of_the_old_night(spark, tmp_path):
     from driftrec import lakehouse
     from driftrec.categories import item_categories

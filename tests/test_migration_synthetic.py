@@ -27,7 +27,6 @@ def _load(spark, conf, data) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.heavy
 def test_recovers_the_category_chain_and_fits_drift_weights(spark, tmp_path):
     cfg = SyntheticConfig(users=300, items=150, categories=5, days=DAYS, events_per_user_day=8.0,
                           migrating_fraction=0.25, seed=11)
@@ -58,7 +57,6 @@ def test_recovers_the_category_chain_and_fits_drift_weights(spark, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.heavy
 def test_user_drift_finds_the_migrating_users(spark, tmp_path):
     # Sessions start in the user's focal category and mostly stay there, so a day's events show the interest;
     # migrations start on day 2-3 and end by day 6 of 8.
