@@ -53,6 +53,15 @@ def _best(points: list[tuple]) -> tuple:
     return max(points, key=lambda t: (t[2], -t[0], -t[1]))
 
 
+def grid_search(score, step: float) -> tuple[float, float, float]:
+    """``(a, b, loglik)``: the best of ``score(simplex_grid(step))``, then of the grid ten times finer around it.
+
+    ``score(grid) -> [(a, b, loglik)]`` is the Spark scorer below or a numpy one (``formula_data``): one search."""
+    a, b, _ = _best(score(simplex_grid(step)))
+    fine = simplex_grid(step / 10, (max(a - step, 0.0), min(a + step, 1.0)), (max(b - step, 0.0), min(b + step, 1.0)))
+    return _best(score(fine))
+
+
 def fit_drift(spark: SparkSession, rows: DataFrame, step: float, total: float | None = None) -> DriftFit | None:
     """Fit ``(a, b)`` on ``rows(p, m, g, n)`` (cells with ``n > 0``); ``None`` when there is no evidence."""
     rows = rows.where(F.col("n") > 0).select("p", "m", "g", "n").cache()
@@ -61,9 +70,7 @@ def fit_drift(spark: SparkSession, rows: DataFrame, step: float, total: float | 
             total = rows.agg(F.sum("n")).first()[0]
         if not total:
             return None
-        a, b, ll = _best(grid_log_likelihood(spark, rows, simplex_grid(step)))
-        fine = simplex_grid(step / 10, (max(a - step, 0.0), min(a + step, 1.0)), (max(b - step, 0.0), min(b + step, 1.0)))
-        a, b, ll = _best(grid_log_likelihood(spark, rows, fine))
+        a, b, ll = grid_search(lambda grid: grid_log_likelihood(spark, rows, grid), step)
         return DriftFit(a=a, b=b, log_likelihood=ll, n_events=float(total))
     finally:
         rows.unpersist()

@@ -86,9 +86,7 @@ def grid_log_likelihood(cells: dict[str, np.ndarray], grid: list[tuple[float, fl
 
 
 def fit_cells(cells: dict[str, np.ndarray], step: float = 0.05) -> tuple[float, float, float]:
-    """``(a, b, loglik)``: :func:`fit.fit_drift`'s coarse grid, then the grid ten times finer around its best."""
-    from driftrec.migration.fit import _best, simplex_grid  # the Spark fit's own grids and tie-break
+    """``(a, b, loglik)``: :func:`fit.fit_drift`'s search (:func:`fit.grid_search`) on numpy cells."""
+    from driftrec.migration.fit import grid_search
 
-    a, b, _ = _best(grid_log_likelihood(cells, simplex_grid(step)))
-    fine = simplex_grid(step / 10, (max(a - step, 0.0), min(a + step, 1.0)), (max(b - step, 0.0), min(b + step, 1.0)))
-    return _best(grid_log_likelihood(cells, fine))
+    return grid_search(lambda grid: grid_log_likelihood(cells, grid), step)
