@@ -9,6 +9,7 @@ measured night MERGEs into stored state, and the measured run still ensures its 
 
     python benchmarks/bench_night_jobs.py                  # ~2k users: figures in benchmarks/results/
     python benchmarks/bench_night_jobs.py --warm --users 5000
+    python benchmarks/bench_night_jobs.py --warm --write-threads 1,4,1,4   # concurrent commits vs one at a time
 """
 
 from __future__ import annotations
@@ -77,27 +78,56 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shuffle-partitions", type=int, default=2)
     ap.add_argument("--driver-memory", default="2g")
     ap.add_argument("--warm", action="store_true", help="process the day before first (not counted)")
+    ap.add_argument("--write-threads", default="4",
+                    help="spark.write_threads; a list (e.g. 1,4,1,4) measures each on its own fresh lakehouse, "
+                         "side by side in this one process")
     ap.add_argument("--json", type=Path, default=RESULTS, help="where the figures go")
     args = ap.parse_args(argv)
 
     out = args.out.resolve()
-    root, data = out / "lakehouse", out / "data"
-    if root.exists():
-        shutil.rmtree(root)  # before the session starts: a fresh lakehouse and metastore
+    data = out / "data"
     cfg = SyntheticConfig(users=args.users, items=args.items, categories=args.categories, days=args.days,
                           events_per_user_day=args.events_per_user_day, seed=5)
+    threads = [int(t) for t in str(args.write_threads).split(",")]
+    for i in range(len(threads)):
+        if (out / f"lakehouse{i}").exists():
+            shutil.rmtree(out / f"lakehouse{i}")  # before the session starts: fresh lakehouses and metastore
     if data.exists():
         shutil.rmtree(data)
     info = write_dataset(cfg, data)
-    conf = load_config(overrides=[
-        f'lakehouse.root="{root}"', 'lakehouse.database="bench_night_jobs"', 'pipeline.stages=["migrate"]',
-        f"spark.shuffle_partitions={args.shuffle_partitions}", f'spark.driver_memory="{args.driver_memory}"',
-        'spark.conf={"spark.ui.retainedJobs" = "100000"}',  # the status store keeps every job counted
-    ])
-    spark = build_spark(conf, app_name="bench-night-jobs", local=True)
+
+    def config(i: int, n_threads: int):
+        return load_config(overrides=[
+            f'lakehouse.root="{out / f"lakehouse{i}"}"', f'lakehouse.database="bench_night_jobs{i}"',
+            'pipeline.stages=["migrate"]', f"spark.write_threads={n_threads}",
+            f"spark.shuffle_partitions={args.shuffle_partitions}", f'spark.driver_memory="{args.driver_memory}"',
+            'spark.conf={"spark.ui.retainedJobs" = "100000"}',  # the status store keeps every job counted
+        ])
+
+    spark = build_spark(config(0, threads[0]), app_name="bench-night-jobs", local=True)
     spark.sparkContext.setLogLevel("ERROR")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     logging.getLogger("py4j").setLevel(logging.WARNING)
+    instrument()
+    runs = [measure(spark, config(i, n), data, cfg, args) for i, n in enumerate(threads)]
+    figures = {**runs[-1], "synthetic": {
+        "users": args.users, "items": args.items, "categories": args.categories, "days": args.days,
+        "events_per_user_day": args.events_per_user_day, "events_generated": info["n_events"]}}
+    if len(runs) > 1:
+        figures["side_by_side"] = [{"write_threads": r["write_threads"], "wall_s": r["wall_s"],
+                                    "commit_s": r["commit_s"], "jobs_total": r["jobs_total"]} for r in runs]
+        print("\n| write_threads | wall s | migrate:commit s | jobs |\n|---:|---:|---:|---:|")
+        for r in figures["side_by_side"]:
+            print(f"| {r['write_threads']} | {r['wall_s']} | {r['commit_s']} | {r['jobs_total']} |")
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(figures, indent=1) + "\n")
+    print(f"figures -> {args.json}")
+    spark.stop()
+    return 0 if all(r["ok"] for r in runs) else 1
+
+
+def measure(spark, conf, data: Path, cfg: SyntheticConfig, args) -> dict:
+    """One measured nightly on a fresh lakehouse loaded with ``data`` (warmed by the night before if asked)."""
     n_events = load_lakehouse(spark, conf, data)
     last = dt.date.fromisoformat(cfg.start_date) + dt.timedelta(days=args.days - 1)
     if args.warm:
@@ -105,7 +135,6 @@ def main(argv: list[str] | None = None) -> int:
         assert rep.failed is None, rep.summary()
     lakehouse.forget_ensured(conf)  # the measured run ensures its tables like a new process
 
-    instrument()
     before = lakehouse.table_versions(spark, conf, ALL_TABLES, missing_ok=True)
     jobstats.start()
     t0 = time.perf_counter()
@@ -121,24 +150,19 @@ def main(argv: list[str] | None = None) -> int:
 
     figures = {
         "night": str(last), "warm": args.warm, "ok": ok, "events_total": n_events, "cpus": os.cpu_count(),
+        "write_threads": conf.spark.write_threads, "commit_s": round(seconds.get("migrate:commit", 0.0), 2),
         "night_events": rep.records[0].result.rows_in if rep.records else None,
-        "synthetic": {"users": args.users, "items": args.items, "categories": args.categories, "days": args.days,
-                      "events_per_user_day": args.events_per_user_day, "events_generated": info["n_events"]},
         "wall_s": round(wall, 1), "jobs_total": sum(jobs.values()),
         "blocks": [{"block": name, "jobs": jobs[name], "seconds": round(seconds[name], 2)} for name in jobs],
         "commits_total": sum(commits.values()), "commits": commits,
     }
+    print(f"\n### write_threads={conf.spark.write_threads}")
     print("\n| block | Spark jobs | seconds (nested included) |\n|---|---:|---:|")
     for b in figures["blocks"]:
         print(f"| {b['block']} | {b['jobs']} | {b['seconds']} |")
     print(f"| **total** | **{figures['jobs_total']}** | **{figures['wall_s']}** |")
     print(f"Delta commits (run lock not included): {figures['commits_total']} {commits}")
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(figures, indent=1) + "\n")
-    print(f"figures -> {args.json}")
-    spark.stop()
-    return 0 if ok else 1
-
+    return figures
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -74,6 +74,9 @@ class SparkConfig(_Section):
     driver_memory: str = "6g"
     shuffle_partitions: int = Field(default=8, ge=1)
     ui: bool = False
+    # Independent table writes (a migration batch's state tables) run from this many driver threads at once: each
+    # Delta commit is mostly driver-side latency (log replay, planning, small jobs), so they overlap well.
+    write_threads: int = Field(default=4, ge=1)
     conf: dict[str, str] = Field(default_factory=dict)
 
 

@@ -9,6 +9,7 @@ runs set none. Blocks nest; a job counts for the innermost block only.
 from __future__ import annotations
 
 import functools
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -23,6 +24,7 @@ _PROPERTIES = ("spark.jobGroup.id", "spark.job.description", "spark.job.interrup
 _run: str | None = None  # group id prefix while counting, else None
 _names: list[str] = []  # block names in order of first use
 _seconds: dict[str, float] = {}  # wall seconds per name, nested blocks included
+_lock = threading.Lock()  # blocks may run on several driver threads (concurrent table writes)
 
 
 def start() -> None:
@@ -50,15 +52,17 @@ def job_group(spark: SparkSession, name: str) -> Iterator[None]:
         return
     sc = spark.sparkContext
     saved = {key: sc.getLocalProperty(key) for key in _PROPERTIES}
-    if name not in _seconds:
-        _names.append(name)
-        _seconds[name] = 0.0
+    with _lock:
+        if name not in _seconds:
+            _names.append(name)
+            _seconds[name] = 0.0
     sc.setJobGroup(_run + name, name)
     t0 = time.perf_counter()
     try:
         yield
     finally:
-        _seconds[name] += time.perf_counter() - t0
+        with _lock:
+            _seconds[name] += time.perf_counter() - t0
         for key, value in saved.items():
             sc.setLocalProperty(key, value)  # None removes it
 

@@ -7,10 +7,16 @@ and fetches the Delta jars through ``configure_spark_with_delta_pip``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
 from pyspark.sql import SparkSession
 
 from driftrec.config import Config
 from driftrec.lakehouse import Lakehouse
+
+T = TypeVar("T")
 
 DELTA_CONF = {
     "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
@@ -59,3 +65,23 @@ def build_spark(conf: Config, *, app_name: str = "driftrec", local: bool = False
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
     return spark
+
+
+def run_concurrently(spark: SparkSession, tasks: list[Callable[[], T]], threads: int) -> list[T]:
+    """Run independent Spark actions (e.g. writes to different tables) from up to ``threads`` driver threads.
+
+    Each task's thread inherits the caller's Spark local properties and tags (job group, scheduler pool). Every task runs to
+    its end even when one fails, so the caller knows exactly which ran: the first error is raised after all finish.
+    Results come back in the order of ``tasks``.
+    """
+    if threads <= 1 or len(tasks) <= 1:
+        return [task() for task in tasks]
+    from pyspark.util import inheritable_thread_target
+
+    with ThreadPoolExecutor(max_workers=min(threads, len(tasks)), thread_name_prefix="driftrec-write") as pool:
+        inherit = inheritable_thread_target(spark)
+        futures = [pool.submit(inherit(task)) for task in tasks]
+    errors = [f.exception() for f in futures if f.exception() is not None]
+    if errors:
+        raise errors[0]
+    return [f.result() for f in futures]

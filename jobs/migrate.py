@@ -18,6 +18,7 @@ Under spark-submit::
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import sys
 import uuid
@@ -33,7 +34,7 @@ from driftrec.jobargs import add_run_id, base_parser, config_from_args, parse_da
 from driftrec.migration import night
 from driftrec.migration import transitions as tr
 from driftrec.migration.state import StagedState, date_range, materialise
-from driftrec.spark import build_spark
+from driftrec.spark import build_spark, run_concurrently
 from driftrec.stage_runs import StageResult, run_recorded
 from driftrec.tables import (
     CATEGORY_TRANSITIONS,
@@ -243,13 +244,15 @@ class MigrationJob:
         batch_id = "rebuild-" + uuid.uuid4().hex
         days = [cutoff]
         self._log_batch(batch_id, days, versions, STARTED, start=built.first_day)
-        for spec, df in (
-            (USER_TRANSITIONS, built.user_transitions), (CATEGORY_TRANSITIONS, built.category_transitions),
-            (ITEM_TRANSITION_COUNTS, built.item_transition_counts), (ITEM_TRANSITIONS, built.item_transitions),
-            (ITEM_POPULARITY, built.item_popularity), (USER_INTEREST, built.user_interest),
-            (USER_LAST_EVENT, built.user_last_event), (USER_DRIFT, built.user_drift),
-        ):
-            lakehouse.replace_where(spark, conf, spec, df, "true", metrics=False)
+        run_concurrently(spark, [
+            functools.partial(lakehouse.replace_where, spark, conf, spec, df, "true", metrics=False)
+            for spec, df in (
+                (USER_TRANSITIONS, built.user_transitions), (CATEGORY_TRANSITIONS, built.category_transitions),
+                (ITEM_TRANSITION_COUNTS, built.item_transition_counts), (ITEM_TRANSITIONS, built.item_transitions),
+                (ITEM_POPULARITY, built.item_popularity), (USER_INTEREST, built.user_interest),
+                (USER_LAST_EVENT, built.user_last_event), (USER_DRIFT, built.user_drift),
+            )
+        ], conf.spark.write_threads)
         params = spark.createDataFrame(
             [(cutoff, built.a, built.b, built.method, built.log_likelihood, built.log_likelihood_default,
               built.n_events, built.n_fit_events, built.n_users)],

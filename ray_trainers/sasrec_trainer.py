@@ -50,7 +50,6 @@ def train_loop_per_worker(config: dict) -> None:
     import ray.train
     import ray.train.torch
     import torch
-    from ray.experimental import tqdm_ray
 
     from driftrec.models.batches import train_batch
     from driftrec.models.checkpoint import load_checkpoint, save_checkpoint
@@ -88,9 +87,9 @@ def train_loop_per_worker(config: dict) -> None:
     n_cats, max_len = params.n_categories, params.max_seq_len
     sampled = config["num_negatives"] if config["loss"] == "sampled" else 0
     rates: list[float] = []
-    # Progress on the driver's console: Ray's tqdm forwards the bar's state instead of raw carriage returns.
-    bar = tqdm_ray.tqdm(desc=f"train {world} worker(s)", total=config["epochs"] - start_epoch, unit="epoch") \
-        if rank == 0 else None
+    # Progress: one line per epoch from rank 0, forwarded to the driver's console by Ray. A bar (Ray's tqdm) was
+    # left open on the driver after training ended and kept re-rendering with a growing elapsed time.
+    started = time.perf_counter()
     for epoch in range(start_epoch, config["epochs"]):
         ddp.train()
         t0, positions, loss_sum, steps = time.perf_counter(), 0.0, 0.0, 0
@@ -125,10 +124,10 @@ def train_loop_per_worker(config: dict) -> None:
             "steady_samples_per_s": float(np.mean(rates[1:])) if len(rates) > 1 else rates[-1],
             "world_size": world,
         }
-        if bar is not None:
-            bar.set_description(f"train {world} worker(s), epoch {epoch + 1}/{config['epochs']}, loss "
-                                f"{metrics['loss']:.3f}, {rates[-1]:,.0f} positions/s")
-            bar.update(1)
+        if rank == 0:
+            print(f"[driftrec train] epoch {epoch + 1}/{config['epochs']} on {world} worker(s): loss "
+                  f"{metrics['loss']:.3f}, {rates[-1]:,.0f} positions/s, {elapsed:.1f} s "
+                  f"({time.perf_counter() - started:.0f} s in all)", flush=True)
         # Reports synchronise every worker with the controller: only at checkpoints, not every epoch.
         if epoch == config["epochs"] - 1 or (epoch + 1) % config["checkpoint_every"] == 0:
             if rank == 0:
@@ -137,8 +136,6 @@ def train_loop_per_worker(config: dict) -> None:
                     ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
             else:
                 ray.train.report(metrics)
-    if bar is not None:
-        bar.close()
 
 
 def fit(

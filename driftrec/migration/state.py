@@ -15,6 +15,7 @@ from pyspark.sql import DataFrame, SparkSession
 
 from driftrec import jobstats, lakehouse
 from driftrec.config import Config
+from driftrec.spark import run_concurrently
 from driftrec.tables import TableSpec, conform
 
 
@@ -85,23 +86,24 @@ class StagedState:
 
     @jobstats.grouped("migrate:commit")
     def commit(self, start: dt.date, end: dt.date) -> None:
-        """One write per changed table. Dated tables get the whole ``[start, end]`` range replaced, so a date the
-        batch left empty (a night without active users) is emptied too."""
-        for name, rows in self._rows.items():
-            spec, kind = self._specs[name], self._kind[name]
-            if kind == "upsert":
-                lakehouse.merge_upsert(self.spark, self.conf, spec, rows, update_when="true", metrics=False)
-            elif kind == "groups":  # the source is read three times (rows, groups, keys): compute it once
-                rows = self._staged(name)
-                lakehouse.replace_groups(self.spark, self.conf, spec, rows, tuple(self._by[name]), metrics=False)
-            else:
-                lakehouse.replace_where(
-                    self.spark, self.conf, spec, rows, f"ds >= '{start.isoformat()}' AND ds <= '{end.isoformat()}'",
-                    metrics=False,
-                )
+        """One write per changed table, the tables written concurrently (``spark.write_threads``). Dated tables get
+        the whole ``[start, end]`` range replaced, so a date the batch left empty (a night without active users) is
+        emptied too. A failure leaves some tables written: the batch log restores them (``jobs/migrate.py``)."""
+        writes = [self._writer(name, start, end) for name in self._rows]
+        run_concurrently(self.spark, writes, self.conf.spark.write_threads)
         for d in (self._base, self._specs, self._rows, self._by, self._kind):
             d.clear()
         self._dirty.clear()
+
+    def _writer(self, name: str, start: dt.date, end: dt.date):
+        spec, kind, rows, spark, conf = self._specs[name], self._kind[name], self._rows[name], self.spark, self.conf
+        if kind == "upsert":
+            return lambda: lakehouse.merge_upsert(spark, conf, spec, rows, update_when="true", metrics=False)
+        if kind == "groups":  # the source is read three times (rows, groups, keys): compute it once
+            by = tuple(self._by[name])
+            return lambda: lakehouse.replace_groups(spark, conf, spec, self._staged(name), by, metrics=False)
+        where = f"ds >= '{start.isoformat()}' AND ds <= '{end.isoformat()}'"
+        return lambda: lakehouse.replace_where(spark, conf, spec, rows, where, metrics=False)
 
 
 def date_range(start: dt.date, end: dt.date) -> list[dt.date]:
