@@ -61,7 +61,10 @@ def build_spark(conf: Config, *, app_name: str = "driftrec", local: bool = False
         builder = builder.master(conf.spark.master)
         if conf.lakehouse.catalog == "hive":
             builder = builder.enableHiveSupport()
-        builder = configure_spark_with_delta_pip(builder)
+        # It sets spark.jars.packages to the Delta jar alone: packages the config asks for (hadoop-aws for an s3a://
+        # root) are passed along, or they would be dropped without a word.
+        extra = [p.strip() for p in settings.get("spark.jars.packages", "").split(",") if p.strip()]
+        builder = configure_spark_with_delta_pip(builder, extra_packages=extra)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
     return spark

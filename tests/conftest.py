@@ -22,7 +22,7 @@ os.environ.setdefault("JAVA_TOOL_OPTIONS", "-XX:TieredStopAtLevel=1")
 LONGEST_FIRST = (
     "test_nightly.py", "test_migration_engine.py", "test_migration_bulk.py", "test_transfer_learning.py",
     "test_migration_synthetic.py", "test_evaluation.py", "test_topk.py", "test_runlock.py", "test_forget_user.py",
-    "test_lakehouse_paths.py",
+    "test_lakehouse_paths.py", "test_object_store.py",
 )
 
 
