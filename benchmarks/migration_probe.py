@@ -38,7 +38,7 @@ from driftrec.migration.bulk import alternate_fit
 from driftrec.migration.fit import grid_search
 from driftrec.migration.formula_data import grid_log_likelihood
 
-DATA = Path("/work/shared/data/ml-latest-small")
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-latest-small"  # read in place
 OUT = Path(__file__).parent / "results" / "migration_probe.json"
 INF = float("inf")
 K = 10
