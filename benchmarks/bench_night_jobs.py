@@ -10,6 +10,7 @@ measured night MERGEs into stored state, and the measured run still ensures its 
     python benchmarks/bench_night_jobs.py                  # ~2k users: figures in benchmarks/results/
     python benchmarks/bench_night_jobs.py --warm --users 5000
     python benchmarks/bench_night_jobs.py --warm --write-threads 1,4,1,4   # concurrent commits vs one at a time
+    python benchmarks/bench_night_jobs.py --warm --write-threads 4,4 --sql-conf ";spark.sql.adaptive.enabled=false"
 """
 
 from __future__ import annotations
@@ -81,6 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--write-threads", default="4",
                     help="spark.write_threads; a list (e.g. 1,4,1,4) measures each on its own fresh lakehouse, "
                          "side by side in this one process")
+    ap.add_argument("--sql-conf", default="",
+                    help="runtime Spark SQL settings per measured run, ';'-separated lists of k=v joined by ',' "
+                         "(one list per --write-threads entry; empty = the defaults)")
     ap.add_argument("--json", type=Path, default=RESULTS, help="where the figures go")
     args = ap.parse_args(argv)
 
@@ -89,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = SyntheticConfig(users=args.users, items=args.items, categories=args.categories, days=args.days,
                           events_per_user_day=args.events_per_user_day, seed=5)
     threads = [int(t) for t in str(args.write_threads).split(",")]
+    sql = [dict(kv.split("=", 1) for kv in part.split(",") if kv) for part in args.sql_conf.split(";")]
+    sql += [{}] * (len(threads) - len(sql))
     for i in range(len(threads)):
         if (out / f"lakehouse{i}").exists():
             shutil.rmtree(out / f"lakehouse{i}")  # before the session starts: fresh lakehouses and metastore
@@ -109,16 +115,25 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     logging.getLogger("py4j").setLevel(logging.WARNING)
     instrument()
-    runs = [measure(spark, config(i, n), data, cfg, args) for i, n in enumerate(threads)]
+    runs = []
+    for i, n in enumerate(threads):
+        saved = {k: spark.conf.get(k, None) for k in sql[i]}
+        for k, v in sql[i].items():
+            spark.conf.set(k, v)
+        runs.append({**measure(spark, config(i, n), data, cfg, args), "sql_conf": sql[i]})
+        for k, v in saved.items():
+            spark.conf.unset(k) if v is None else spark.conf.set(k, v)
     figures = {**runs[-1], "synthetic": {
         "users": args.users, "items": args.items, "categories": args.categories, "days": args.days,
         "events_per_user_day": args.events_per_user_day, "events_generated": info["n_events"]}}
     if len(runs) > 1:
-        figures["side_by_side"] = [{"write_threads": r["write_threads"], "wall_s": r["wall_s"],
-                                    "commit_s": r["commit_s"], "jobs_total": r["jobs_total"]} for r in runs]
-        print("\n| write_threads | wall s | migrate:commit s | jobs |\n|---:|---:|---:|---:|")
+        figures["side_by_side"] = [{"write_threads": r["write_threads"], "sql_conf": r["sql_conf"],
+                                    "wall_s": r["wall_s"], "commit_s": r["commit_s"], "jobs_total": r["jobs_total"]}
+                                   for r in runs]
+        print("\n| write_threads | sql conf | wall s | migrate:commit s | jobs |\n|---:|---|---:|---:|---:|")
         for r in figures["side_by_side"]:
-            print(f"| {r['write_threads']} | {r['wall_s']} | {r['commit_s']} | {r['jobs_total']} |")
+            print(f"| {r['write_threads']} | {r['sql_conf'] or '-'} | {r['wall_s']} | {r['commit_s']} "
+                  f"| {r['jobs_total']} |")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(figures, indent=1) + "\n")
     print(f"figures -> {args.json}")

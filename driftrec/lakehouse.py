@@ -585,6 +585,25 @@ def read_table_at(spark: SparkSession, conf: Config, spec: TableSpec, version: i
     return spark.read.format("delta").option("versionAsOf", version).load(conf.table_path(spec.logical))
 
 
+def read_location(spark: SparkSession, location: str) -> DataFrame:
+    """Read a Delta table outside the lakehouse by its location (e.g. a user-supplied input such as
+    ``topk.extra_users``)."""
+    if not DeltaTable.isDeltaTable(spark, location):
+        raise ValueError(f"not a Delta table: {location}")
+    return spark.read.format("delta").load(location)
+
+
+def snapshot_files(conf: Config, spec: TableSpec, version: int, partition: dict[str, str]) -> list[str]:
+    """The data files of one partition of the table at ``version``, as URIs, read from the Delta log without Spark
+    (delta-rs), for readers outside Spark such as Ray Data. Right only for tables without deletion vectors (written
+    by whole-partition replaces)."""
+    from deltalake import DeltaTable as ArrowDeltaTable
+
+    return ArrowDeltaTable(conf.table_path(spec.logical), version=version).file_uris(
+        file_pruning_predicate=[(k, "=", v) for k, v in partition.items()]
+    )
+
+
 def register_all(spark: SparkSession, conf: Config) -> None:
     """Register every table that exists on storage, e.g. for a session catalog or a fresh metastore."""
     for spec in ALL_TABLES:

@@ -153,7 +153,7 @@ class TopKJob:
         t = self.conf.topk
         if not t.extra_users:
             return None
-        extra = self.spark.read.format("delta").load(t.extra_users)
+        extra = lakehouse.read_location(self.spark, t.extra_users)
         tr.require_columns(extra, ("user_id",), f"topk.extra_users {t.extra_users}")
         if "categories" not in extra.columns:
             extra = extra.withColumn("categories", F.lit(None).cast("array<string>"))

@@ -35,7 +35,7 @@ from driftrec.models.evaluation import hit_rate_at_k, ndcg_at_k, popularity_scor
 from driftrec.models.protocol import SequenceModel, model_class, new_model
 from driftrec.spark import build_spark
 from driftrec.stage_runs import StageResult, run_recorded
-from driftrec.tables import EVENTS, TRAINING_SEQUENCES
+from driftrec.tables import EVENTS, TRAINING_SEQUENCES, USER_INTEREST
 
 log = logging.getLogger("driftrec.train")
 
@@ -161,12 +161,9 @@ class TrainJob:
         return lakehouse.read_table(self.spark, self.conf, EVENTS).where(F.col("event_date") <= F.lit(ds))
 
     def _interest(self) -> DataFrame | None:
-        path = self.conf.table_path("user_interest")
-        from delta.tables import DeltaTable
-
-        if not DeltaTable.isDeltaTable(self.spark, path):
+        if not lakehouse.table_exists(self.spark, self.conf, USER_INTEREST):
             return None
-        return self.spark.read.format("delta").load(path)
+        return lakehouse.read_table(self.spark, self.conf, USER_INTEREST)
 
     def _side_info(self, events: DataFrame) -> pd.DataFrame:
         from driftrec.serving import catalogue_side_info
@@ -175,9 +172,6 @@ class TrainJob:
 
     def _write_sequences(self, events: DataFrame, ds: dt.date) -> tuple[list[str], int]:
         """Write tonight's sequences; ``(Parquet files of that partition, table version)`` pinned at the write."""
-        from delta.tables import DeltaTable
-        from deltalake import DeltaTable as ArrowDeltaTable
-
         from driftrec.training_data import build_sequences
 
         t = self.conf.training
@@ -185,21 +179,16 @@ class TrainJob:
                                min_valid_events=t.min_valid_events, interest=self._interest())
         lakehouse.replace_where(self.spark, self.conf, TRAINING_SEQUENCES, seqs, f"ds = '{ds.isoformat()}'",
                                 metrics=False)
-        path = self.conf.table_path(TRAINING_SEQUENCES.logical)
-        version = DeltaTable.forPath(self.spark, path).history(1).first()["version"]
+        version = lakehouse.table_version(self.spark, self.conf, TRAINING_SEQUENCES)
         # Written only by whole-partition replaces (no deletion vectors), so the files are the snapshot.
-        files = ArrowDeltaTable(path, version=version).file_uris(
-            file_pruning_predicate=[("ds", "=", ds.isoformat())]
-        )
+        files = lakehouse.snapshot_files(self.conf, TRAINING_SEQUENCES, version, {"ds": ds.isoformat()})
         log.info("training_sequences v%s: %d files for ds=%s", version, len(files), ds)
         return files, int(version)
 
     def _valid(self, ds: dt.date, sequences_version: int) -> pd.DataFrame:
         t = self.conf.training
         return (
-            self.spark.read.format("delta")
-            .option("versionAsOf", sequences_version)
-            .load(self.conf.table_path(TRAINING_SEQUENCES.logical))
+            lakehouse.read_table_at(self.spark, self.conf, TRAINING_SEQUENCES, sequences_version)
             .where((F.col("ds") == F.lit(ds)) & (F.col("split") == "valid"))
             .orderBy(F.xxhash64("user_id"), "user_id")
             .limit(t.max_valid_users)
