@@ -39,6 +39,7 @@ SETTINGS = (
     "training.d_model=32", "training.layers=1", "training.max_seq_len=12", "training.batch_size=64",
     "training.lr=0.005", "evaluation.epochs=2", "evaluation.horizon_days=3", "evaluation.recent_days=3",
     "evaluation.als_rank=8", "evaluation.als_iterations=5", "topk.users_per_batch=32", "topk.partitions=2",
+    "evaluation.cutoff_quantile=0.7",  # ten days of data: the last three are the temporal truth window
 )
 BASELINES = ("popular_all_time", "popular_recent", "als", "markov_item")
 
