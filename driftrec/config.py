@@ -252,10 +252,14 @@ class EvaluationConfig(_Section):
 
     protocols: list[Literal["temporal", "leave_one_out"]] = ["temporal", "leave_one_out"]
     ks: list[int] = [10, 20]
-    # Temporal: events up to the cutoff train; the next horizon_days are the truth. Empty cutoff: horizon_days
-    # before the last event date.
+    # Temporal: events up to the cutoff train (the state a nightly job has that night); each user's next
+    # temporal_next_items new items after it are the truth (0: every new item), within horizon_days if set.
+    # Empty cutoff: the last day by which at most cutoff_quantile of the events have happened, so every user active
+    # on both sides is judged, on a log of weeks or of decades alike.
     cutoff: str = ""
-    horizon_days: int = Field(default=30, ge=1)
+    cutoff_quantile: float = Field(default=0.9, gt=0, lt=1)
+    temporal_next_items: int = Field(default=1, ge=0)
+    horizon_days: int | None = Field(default=None, ge=1)
     recent_days: int = Field(default=30, ge=1)  # window of the "popular recently" baseline, ending at the cutoff
     # Spark MLlib ALS (implicit feedback, one per user-item pair weighted by the event count).
     als_rank: int = Field(default=64, ge=1)

@@ -117,10 +117,10 @@ class EvaluationJob:
     def split(self, protocol: str, events: DataFrame) -> tuple[protocols.Split, dt.date]:
         """The split and the date everything is built through (the cutoff, or the last training day)."""
         if protocol == "temporal":
-            last = events.agg(F.max("event_date")).first()[0]
             cutoff = (dt.date.fromisoformat(self.ev.cutoff) if self.ev.cutoff
-                      else last - dt.timedelta(days=self.ev.horizon_days))
-            return protocols.temporal(events, cutoff, self.ev.horizon_days), cutoff
+                      else protocols.quantile_cutoff(events, self.ev.cutoff_quantile))
+            return protocols.temporal(events, cutoff, self.ev.horizon_days,
+                                      self.ev.temporal_next_items or None), cutoff
         split = protocols.leave_one_out(events)
         return split, split.train.agg(F.max("event_date")).first()[0]
 

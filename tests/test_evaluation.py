@@ -13,6 +13,7 @@ from pyspark.sql import functions as F
 
 from driftrec import lakehouse, registry
 from driftrec.config import SyntheticConfig
+from driftrec.evaluation import protocols
 from driftrec.synthetic import generate
 from driftrec.tables import (
     DRIFT_PARAMS,
@@ -38,6 +39,7 @@ SETTINGS = (
     "training.d_model=32", "training.layers=1", "training.max_seq_len=12", "training.batch_size=64",
     "training.lr=0.005", "evaluation.epochs=2", "evaluation.horizon_days=3", "evaluation.recent_days=3",
     "evaluation.als_rank=8", "evaluation.als_iterations=5", "topk.users_per_batch=32", "topk.partitions=2",
+    "evaluation.cutoff_quantile=0.7",  # ten days of data: the last three are the temporal truth window
 )
 BASELINES = ("popular_all_time", "popular_recent", "als", "markov_item")
 
@@ -139,8 +141,9 @@ def test_nothing_after_the_temporal_cutoff_reaches_the_systems(spark, evaluated,
     conf, report = evaluated
     temporal = next(r for r in report.results if r.protocol == "temporal")
     cutoff, scratch = temporal.cutoff, temporal.conf
-    last = lakehouse.read_table(spark, conf, EVENTS).agg(F.max("event_date")).first()[0]
-    assert cutoff == last - dt.timedelta(days=conf.evaluation.horizon_days)
+    stored = lakehouse.read_table(spark, conf, EVENTS)
+    assert cutoff == protocols.quantile_cutoff(stored, conf.evaluation.cutoff_quantile)
+    assert stored.agg(F.max("event_date")).first()[0] > cutoff
     # What the systems read: events, state, drift, fit and the trained models all end at the cutoff.
     assert lakehouse.read_table(spark, scratch, EVENTS).agg(F.max("event_date")).first()[0] == cutoff
     for spec, col in ((USER_INTEREST, "as_of"), (ITEM_POPULARITY, "as_of"), (USER_DRIFT, "ds"), (DRIFT_PARAMS, "ds")):
@@ -151,7 +154,8 @@ def test_nothing_after_the_temporal_cutoff_reaches_the_systems(spark, evaluated,
         assert registry.current(spark, model_conf, f"eval_{init}")["trained_through"] == cutoff
 
     # The same source plus a burst of events after the cutoff: identical state and baseline lists.
-    other = make_conf(tmp_path / "lh", *SETTINGS, "evaluation.protocols=['temporal']")
+    # (the cutoff pinned: a burst of later events would move the default quantile cutoff, by design)
+    other = make_conf(tmp_path / "lh", *SETTINGS, "evaluation.protocols=['temporal']", f'evaluation.cutoff="{cutoff}"')
     events, items = _data(extra_after=cutoff)
     load(spark, other, events, items)
     job = EvaluationJob(spark, other, "synthetic-later", run_id="run-2")

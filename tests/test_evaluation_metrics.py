@@ -65,7 +65,38 @@ def test_splits_hold_out_the_right_events(spark):
     assert sorted(r["event_id"] for r in tune.train.collect()) == ["e10", "e11", "e12", "e13", "e20", "e21"]
     assert sorted(map(tuple, tune.truth.collect())) == [(1, 104)]
 
-    t = temporal(ev, d + dt.timedelta(days=2), horizon_days=3)
+    t = temporal(ev, d + dt.timedelta(days=2), horizon_days=3, next_items=None)
     assert t.train.agg({"event_date": "max"}).first()[0] == d + dt.timedelta(days=2)
     # Days 3..5 are the truth window: user 1's items 103, 104 (101 was already seen, and day 8 is past the window).
     assert sorted(map(tuple, t.truth.collect())) == [(1, 103), (1, 104)]
+    # The default: each user's next new item, however far after the cutoff.
+    nxt = temporal(ev, d + dt.timedelta(days=2))
+    assert sorted(map(tuple, nxt.truth.collect())) == [(1, 103)]
+    two = temporal(ev, d + dt.timedelta(days=2), next_items=2)
+    assert sorted(map(tuple, two.truth.collect())) == [(1, 103), (1, 104)]
+    # User 2 (items 200, 201 on days 0, 1) has nothing after day 1; user 1's next new item after day 3 is 104.
+    assert sorted(map(tuple, temporal(ev, d + dt.timedelta(days=3)).truth.collect())) == [(1, 104)]
+    with pytest.raises(ValueError, match="next_items"):
+        temporal(ev, d, next_items=0)
+
+
+def test_quantile_cutoff_is_the_last_day_within_that_share_of_events(spark):
+    import datetime as dt
+
+    from driftrec.evaluation.protocols import quantile_cutoff, temporal
+
+    # 100 users with one event on each of days 0..9 (1,000 events, 100 a day).
+    d = dt.date(2026, 3, 1)
+    rows = [(f"e{u}-{i}", u, 1000 * u + i, dt.datetime(2026, 3, 1 + i, 12), d + dt.timedelta(days=i))
+            for u in range(100) for i in range(10)]
+    ev = spark.createDataFrame(rows, "event_id string, user_id bigint, item_id bigint, event_ts timestamp, "
+                                     "event_date date")
+    cutoff = quantile_cutoff(ev, 0.9)
+    assert cutoff == d + dt.timedelta(days=8)  # 90% of the events fall on days 0..8
+    assert quantile_cutoff(ev, 0.5) == d + dt.timedelta(days=4)
+    split = temporal(ev, cutoff)
+    assert split.truth.count() == 100 and split.truth.select("user_id").distinct().count() == 100
+    assert sorted(r["item_id"] for r in split.truth.collect())[:2] == [9, 1009]  # each user's day-9 item
+    assert quantile_cutoff(ev, 0.05) == d  # even the first day holds more: the first day
+    with pytest.raises(ValueError, match="quantile"):
+        quantile_cutoff(ev, 1.0)

@@ -5,10 +5,12 @@
   only train. Tuning uses :func:`leave_one_out_for_validation` (neither held-out event seen, the validation event is
   the truth); the test run sees everything but the test event, so the validation event is the user's latest history,
   as at serving time.
-* :func:`temporal`: events up to a cutoff date train and build every statistic; the users' events in the following
-  ``horizon_days`` are the truth. Truth is limited to users with history before the cutoff (others are cold start,
-  a separate question), and to items first seen by that user after the cutoff (re-consumption is not a
-  recommendation).
+* :func:`temporal`: events up to a cutoff date train and build every statistic, as a nightly batch job would see
+  them; each user's next ``next_items`` new items after the cutoff (within ``horizon_days`` if set) are the truth.
+  Truth is limited to users with history before the cutoff (others are cold start, a separate question), and to
+  items first seen by that user after the cutoff (re-consumption is not a recommendation). The default cutoff is a
+  quantile of event time (:func:`quantile_cutoff`), so the protocol judges every user active on both sides of it,
+  not only those of the last few days.
 """
 
 from __future__ import annotations
@@ -51,16 +53,43 @@ def leave_one_out_for_validation(events: DataFrame) -> Split:
     return Split(train=train, truth=loo.valid)
 
 
-def temporal(events: DataFrame, cutoff: dt.date, horizon_days: int) -> Split:
-    if horizon_days < 1:
+def temporal(events: DataFrame, cutoff: dt.date, horizon_days: int | None = None,
+             next_items: int | None = 1) -> Split:
+    """Train on ``event_date <= cutoff``; truth: each user's first ``next_items`` items new to them after it (None:
+    every new item), ordered by time then event id, within ``horizon_days`` after the cutoff (None: no limit)."""
+    if horizon_days is not None and horizon_days < 1:
         raise ValueError(f"horizon_days must be at least 1, got {horizon_days}")
-    end = cutoff + dt.timedelta(days=horizon_days)
+    if next_items is not None and next_items < 1:
+        raise ValueError(f"next_items must be at least 1, got {next_items}")
     train = events.where(F.col("event_date") <= F.lit(cutoff))
-    later = events.where((F.col("event_date") > F.lit(cutoff)) & (F.col("event_date") <= F.lit(end)))
+    later = events.where(F.col("event_date") > F.lit(cutoff))
+    if horizon_days is not None:
+        later = later.where(F.col("event_date") <= F.lit(cutoff + dt.timedelta(days=horizon_days)))
     seen = train.select("user_id", "item_id").distinct()
-    truth = (
-        later.select("user_id", "item_id").distinct()
-        .join(train.select("user_id").distinct(), "user_id", "left_semi")
+    new = (
+        later.join(train.select("user_id").distinct(), "user_id", "left_semi")
         .join(seen, ["user_id", "item_id"], "left_anti")
+        .groupBy("user_id", "item_id").agg(F.min(F.struct("event_ts", "event_id")).alias("_first"))
     )
-    return Split(train=train, truth=truth)
+    if next_items is not None:
+        order = Window.partitionBy("user_id").orderBy(F.col("_first.event_ts"), F.col("_first.event_id"))
+        new = new.withColumn("_pos", F.row_number().over(order)).where(F.col("_pos") <= next_items)
+    return Split(train=train, truth=new.select("user_id", "item_id"))
+
+
+def quantile_cutoff(events: DataFrame, quantile: float) -> dt.date:
+    """The last event date on or before which at most ``quantile`` of the events fall (the first date if even that
+    holds more): the cutoff that leaves the last ``1 - quantile`` of events, and every user active then, to judge,
+    whatever the log's time span. Collects one count per day, never per event or user."""
+    if not 0.0 < quantile < 1.0:
+        raise ValueError(f"the cutoff quantile must be in (0, 1), got {quantile}")
+    days = events.groupBy("event_date").count().orderBy("event_date").collect()
+    if not days:
+        raise ValueError("no events to place a temporal cutoff in")
+    total, seen, cutoff = sum(r["count"] for r in days), 0, days[0]["event_date"]
+    for r in days:
+        seen += r["count"]
+        if seen > quantile * total + 1e-9:
+            break
+        cutoff = r["event_date"]
+    return cutoff
