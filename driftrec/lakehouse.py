@@ -6,6 +6,7 @@ Everything that touches storage goes through here so the transforms elsewhere st
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 import tempfile
@@ -16,11 +17,14 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from delta.tables import DeltaTable
+from pyspark.errors import AnalysisException
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from driftrec.config import Config
 from driftrec.tables import ALL_TABLES, TableSpec, conform
+
+log = logging.getLogger(__name__)
 
 
 # ---- the root and every path under it --------------------------------------------------------------------------
@@ -312,9 +316,31 @@ def _create(spark: SparkSession, conf: Config, spec: TableSpec, registered: bool
         builder = builder.partitionedBy(*spec.partition_by)
     if spec.comment:
         builder = builder.comment(spec.comment)
-    table = builder.execute()
+    try:
+        table = builder.execute()
+    except AnalysisException as e:
+        if "DELTA_CREATE_TABLE_SCHEME_MISMATCH" not in str(e) or not _add_new_columns(spark, conf, spec):
+            raise
+        table = builder.execute()
     _ENSURED[_ensured_key(spark, conf, spec)] = table
     return table
+
+
+def _add_new_columns(spark: SparkSession, conf: Config, spec: TableSpec) -> bool:
+    """A table written by an older release gains the columns its spec has added since; whether it did.
+
+    Only nullable columns appended at the end of the spec qualify (older rows read them as null); any other
+    difference is left to the caller's error."""
+    path = conf.table_path(spec.logical)
+    stored = spark.read.format("delta").load(path).schema
+    names = [f.name for f in stored.fields]
+    wanted = spec.schema.fields
+    if [f.name for f in wanted[: len(names)]] != names or not all(f.nullable for f in wanted[len(names):]):
+        return False
+    log.info("%s: adding column(s) %s written by a newer release", spec.logical, [f.name for f in wanted[len(names):]])
+    empty = spark.createDataFrame([], spec.schema)
+    empty.write.format("delta").mode("append").option("mergeSchema", "true").save(path)
+    return True
 
 
 def ensure_table(spark: SparkSession, conf: Config, spec: TableSpec) -> DeltaTable:

@@ -100,7 +100,8 @@ INGEST_LOG = TableSpec(
 
 # --- interest migration engine (driftrec.migration) -------------------------------------------------------------
 # Decayed counts are stored lazily: a row holds its count as of its own date, and its value on a later day D is
-# count * 2^(-(D - date)/half_life). A night rewrites only the rows its events touch.
+# count * 2^(-(D - date)/half_life). A night rewrites only the rows its events touch. The item tables use
+# migration.item_half_life_days, by default None: their counts are then plain sums.
 
 USER_TRANSITIONS = TableSpec(
     logical="user_transitions",
@@ -399,10 +400,12 @@ EVALUATION_RUNS = TableSpec(
             _f("users", T.LongType(), False, "users the value averages over (catalogue size for coverage)"),
             _f("config_json", T.StringType(), False, "the run's configuration"),
             _f("created_at", T.TimestampType(), False),
+            # Columns added by a later release go last and nullable: older tables gain them (lakehouse._add_new_columns).
+            _f("seed", T.IntegerType(), True, "training/ALS seed; deterministic systems repeat their value per seed"),
         ]
     ),
-    key=("run_id", "protocol", "system", "segment", "k", "metric"),
-    comment="Offline metrics, full-catalogue ranking; one row per run, system, segment, cut-off and metric.",
+    key=("run_id", "protocol", "system", "segment", "seed", "k", "metric"),
+    comment="Offline metrics, full-catalogue ranking; one row per run, system, segment, seed, cut-off and metric.",
 )
 
 ALL_TABLES += (EVALUATION_RUNS,)

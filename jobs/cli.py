@@ -78,11 +78,8 @@ def cmd_nightly(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    conf = config_from_args(args)
-    report = evaluate.EvaluationJob(_spark(conf, "driftrec-evaluate"), conf, args.dataset, args.run_id).run()
-    print(report.table().round(4).to_string())
-    print(f"run {report.run_id}: {report.seconds} s; report {report.report_path}")
-    return 0
+    conf = evaluate.config_from_arguments(args.parser, args)
+    return evaluate.run_from_args(_spark(conf, "driftrec-evaluate"), conf, args)
 
 
 def _last_event_date(spark, conf):
@@ -219,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="offline evaluation of every system under both protocols, with a report")
     add_config_flags(p)
     evaluate.add_arguments(p)
-    p.set_defaults(func=cmd_evaluate)
+    p.set_defaults(func=cmd_evaluate, parser=p)
 
     p = sub.add_parser("ingest", help="ingest events and an item catalogue")
     add_config_flags(p)

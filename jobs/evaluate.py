@@ -20,11 +20,12 @@ The peers, what users run today (:data:`driftrec.evaluation.report.PEERS`), are 
 metric and K, and each driftrec system's ratio to it (``config_json`` of every stored row lists the peers).
 
 Metrics (HR, Recall, NDCG, MRR at each K, coverage) are written overall and for migrating / stable users (their
-latest ``user_drift`` row as of the cutoff), with the run's configuration, replacing any earlier rows of the same
-``run_id``. An HTML report with plots goes next to the scratch lakehouses.
+latest ``user_drift`` row as of the cutoff), per seed (``evaluation.seeds``: the seeded systems are trained again per
+seed), with the run's configuration, replacing any earlier rows of the same ``run_id``. An HTML report with plots
+(means over seeds) goes next to the scratch lakehouses; ``--export`` also writes the rows as CSV.
 
     driftrec ingest --movielens ../shared/data/ml-latest-small --lakehouse /tmp/ml
-    driftrec evaluate --lakehouse /tmp/ml --dataset ml-latest-small
+    driftrec evaluate --lakehouse /tmp/ml --dataset ml-latest-small --seeds 1,2,3 --export quality.csv
 """
 
 from __future__ import annotations
@@ -75,22 +76,50 @@ class ProtocolResult:
     truth: DataFrame | None = None
 
 
+EXPORT_COLUMNS = ["protocol", "system", "segment", "seed", "metric", "k", "value"]
+
+
+def mean_over_seeds(rows: pd.DataFrame) -> pd.DataFrame:
+    """One row per (protocol, system, segment, k, metric): the mean over seeds."""
+    keys = ["protocol", "system", "segment", "k", "metric"]
+    return rows.groupby(keys, as_index=False).agg(value=("value", "mean"), users=("users", "first"))
+
+
 @dataclass
 class EvaluationReport:
     run_id: str
-    rows: pd.DataFrame  # protocol, system, segment, k, metric, value, users
+    rows: pd.DataFrame  # protocol, system, segment, seed, k, metric, value, users
     results: list[ProtocolResult]
     report_path: Path | None
     seconds: float
 
+    @property
+    def mean_rows(self) -> pd.DataFrame:
+        return mean_over_seeds(self.rows)
+
     def table(self, k: int = 10) -> pd.DataFrame:
-        """Systems x (protocol, metric) at cut-off ``k``, overall segment."""
-        sel = self.rows[(self.rows["segment"] == "all") & (self.rows["k"] == k)]
+        """Systems x (protocol, metric) at cut-off ``k``, overall segment, mean over seeds."""
+        rows = self.mean_rows
+        sel = rows[(rows["segment"] == "all") & (rows["k"] == k)]
         return sel.pivot_table(index="system", columns=["protocol", "metric"], values="value")
 
+    def spread(self, k: int = 10, metric: str = "ndcg") -> pd.DataFrame:
+        """Systems x protocol at ``k``, overall segment: mean, standard deviation, min and max over seeds."""
+        sel = self.rows[(self.rows["segment"] == "all") & (self.rows["k"] == k) & (self.rows["metric"] == metric)]
+        return sel.pivot_table(index="system", columns="protocol", values="value",
+                               aggfunc=["mean", "std", "min", "max"])
+
+    def export(self, path: str | Path) -> Path:
+        """The per-seed rows as CSV (:data:`EXPORT_COLUMNS`), e.g. ``benchmarks/results/quality-<dataset>.csv``."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.rows[EXPORT_COLUMNS].sort_values(EXPORT_COLUMNS[:-1]).to_csv(path, index=False, float_format="%.6f")
+        return path
+
     def versus_peers(self, k: int = 10, metrics: tuple[str, ...] = ("ndcg", "hr")) -> pd.DataFrame:
-        """Per protocol and metric at ``k``, overall segment: the best peer, its value, each driftrec system's ratio."""
-        versus = versus_best_peer(self.rows)
+        """Per protocol and metric at ``k``, overall segment: the best peer, its value, each driftrec system's ratio
+        (means over seeds)."""
+        versus = versus_best_peer(self.mean_rows)
         versus = versus[(versus["segment"] == "all") & (versus["k"] == k) & versus["metric"].isin(metrics)]
         return peer_table(versus).droplevel(["segment", "k"])
 
@@ -149,7 +178,7 @@ class EvaluationJob:
 
     # ---- systems -----------------------------------------------------------------------------------------------
     def model_recs(self, sconf: Config, protocol: str, cutoff: dt.date, users: DataFrame, k: int,
-                   timings: dict[str, float]) -> dict[str, DataFrame]:
+                   timings: dict[str, float], seed: int, tag: str = "") -> dict[str, DataFrame]:
         from jobs.topk import TopKJob  # lazily: torch
         from jobs.train import TrainJob
 
@@ -159,9 +188,9 @@ class EvaluationJob:
             t0 = time.perf_counter()
             tconf = _scratch_conf(sconf, Path(sconf.lakehouse.root), protocol,
                                   training={"use_text": init == "text", "model_name": f"eval_{init}",
-                                            "epochs": epochs, "warm_start": False})
+                                            "epochs": epochs, "warm_start": False, "seed": seed})
             TrainJob(spark, tconf).run(cutoff)
-            timings[f"train_{init}"] = round(time.perf_counter() - t0, 1)
+            timings[f"train_{init}{tag}"] = round(time.perf_counter() - t0, 1)
         for system, (init, blend) in MODEL_SYSTEMS.items():
             t0 = time.perf_counter()
             kconf = _scratch_conf(
@@ -175,11 +204,12 @@ class EvaluationJob:
                 rows.join(users, "user_id", "left_semi").select("user_id", "rank", "item_id", "score")
                 .localCheckpoint(eager=True)
             )
-            timings[system] = round(time.perf_counter() - t0, 1)
+            timings[f"{system}{tag}"] = round(time.perf_counter() - t0, 1)
         return out
 
     def baseline_recs(self, train: DataFrame, cutoff: dt.date, users: DataFrame, k: int,
                       timings: dict[str, float]) -> dict[str, DataFrame]:
+        """The deterministic baselines: the same lists under every seed."""
         ev, out = self.ev, {}
         since = cutoff - dt.timedelta(days=ev.recent_days - 1)
         for system, counted in (("popular_all_time", None),
@@ -188,15 +218,33 @@ class EvaluationJob:
             out[system] = baselines.most_popular(train, users, k, counted).localCheckpoint(eager=True)
             timings[system] = round(time.perf_counter() - t0, 1)
         t0 = time.perf_counter()
-        out["als"] = baselines.als_recommendations(
-            self.spark, train, users, k, rank=ev.als_rank, reg=ev.als_reg, alpha=ev.als_alpha,
-            iterations=ev.als_iterations, seed=self.conf.training.seed,
-        ).localCheckpoint(eager=True)
-        timings["als"] = round(time.perf_counter() - t0, 1)
-        t0 = time.perf_counter()
         out["markov_item"] = baselines.markov_item_recommendations(train, users, k).localCheckpoint(eager=True)
         timings["markov_item"] = round(time.perf_counter() - t0, 1)
         return out
+
+    def als_recs(self, train: DataFrame, users: DataFrame, k: int, timings: dict[str, float], seed: int,
+                 tag: str = "") -> DataFrame:
+        ev, t0 = self.ev, time.perf_counter()
+        out = baselines.als_recommendations(
+            self.spark, train, users, k, rank=ev.als_rank, reg=ev.als_reg, alpha=ev.als_alpha,
+            iterations=ev.als_iterations, seed=seed,
+        ).localCheckpoint(eager=True)
+        timings[f"als{tag}"] = round(time.perf_counter() - t0, 1)
+        return out
+
+    def scored(self, protocol: str, seed: int, recs: dict[str, DataFrame], truth: DataFrame, segments: DataFrame,
+               ks: tuple[int, ...], n_items: int) -> list[pd.DataFrame]:
+        """Metric rows of each system's lists: per segment, plus catalogue coverage."""
+        rows = []
+        for system, lists in recs.items():
+            summary = metrics.summarise(metrics.per_user(lists, truth, ks), segments).toPandas()
+            summary["protocol"], summary["system"], summary["seed"] = protocol, system, seed
+            rows.append(summary)
+            cov = metrics.coverage(lists, n_items, ks)
+            rows.append(pd.DataFrame([{"protocol": protocol, "system": system, "segment": "all", "seed": seed,
+                                       "k": kk, "metric": "coverage", "value": v, "users": n_items}
+                                      for kk, v in cov.items()]))
+        return rows
 
     # ---- the run -----------------------------------------------------------------------------------------------
     def run(self, *, with_models: bool = True, report: bool = True) -> EvaluationReport:
@@ -206,6 +254,7 @@ class EvaluationJob:
         k = max(ks)
         events = lakehouse.read_table(spark, self.conf, EVENTS).cache()
         n_items = lakehouse.read_table(spark, self.conf, ITEMS).count()
+        seeds = list(dict.fromkeys(ev.seeds)) or [self.conf.training.seed]
         rows, results, previous = [], [], None
         for protocol in ev.protocols:
             split, cutoff = self.split(protocol, events)
@@ -220,30 +269,36 @@ class EvaluationJob:
             sconf = self.scratch(protocol, train, cutoff, previous)
             result.timings["scratch"] = round(time.perf_counter() - t0, 1)
             result.conf = previous = sconf
-            result.recs.update(self.baseline_recs(train, cutoff, users, k, result.timings))
-            if with_models:
-                result.recs.update(self.model_recs(sconf, protocol, cutoff, users, k, result.timings))
-            segments = latest_drift(spark, sconf).select("user_id", "segment")
-            for system, recs in result.recs.items():
-                summary = metrics.summarise(metrics.per_user(recs, truth, ks), segments).toPandas()
-                summary["protocol"], summary["system"] = protocol, system
-                rows.append(summary)
-                cov = metrics.coverage(recs, n_items, ks)
-                rows.append(pd.DataFrame([{"protocol": protocol, "system": system, "segment": "all", "k": kk,
-                                           "metric": "coverage", "value": v, "users": n_items}
-                                          for kk, v in cov.items()]))
+            segments = latest_drift(spark, sconf).select("user_id", "segment").cache()
+            fixed = self.baseline_recs(train, cutoff, users, k, result.timings)
+            result.recs.update(fixed)
+            fixed_rows = self.scored(protocol, seeds[0], fixed, truth, segments, ks, n_items)
+            for i, seed in enumerate(seeds):
+                tag = f"@{seed}" if len(seeds) > 1 else ""
+                seeded = {"als": self.als_recs(train, users, k, result.timings, seed, tag)}
+                if with_models:
+                    seeded.update(self.model_recs(sconf, protocol, cutoff, users, k, result.timings, seed, tag))
+                rows += [r.assign(seed=seed) for r in fixed_rows]
+                rows += self.scored(protocol, seed, seeded, truth, segments, ks, n_items)
+                if i == 0:  # the report's lists (rising-category shares): the first seed's
+                    result.recs.update(seeded)
+                else:
+                    for lists in seeded.values():
+                        lists.unpersist()
+            segments.unpersist()
             results.append(result)
             train.unpersist()
             users.unpersist()
-        table = pd.concat(rows, ignore_index=True)[["protocol", "system", "segment", "k", "metric", "value", "users"]]
-        table = table.sort_values(["protocol", "system", "segment", "k", "metric"]).reset_index(drop=True)
+        columns = ["protocol", "system", "segment", "seed", "k", "metric", "value", "users"]
+        table = pd.concat(rows, ignore_index=True)[columns]
+        table = table.sort_values(columns[:6]).reset_index(drop=True)
         self.write(table, {p.protocol: str(p.cutoff) for p in results})
         path = None
         if report:
             from driftrec.evaluation.report import render_report
 
             path = Path(ev.report or self.work / "report.html")
-            path.write_text(render_report(spark, self.run_id, self.dataset, table, results))
+            path.write_text(render_report(spark, self.run_id, self.dataset, mean_over_seeds(table), results))
             log.info("report: %s", path)
         for r in results:
             r.truth.unpersist()
@@ -252,11 +307,12 @@ class EvaluationJob:
 
     def write(self, table: pd.DataFrame, cutoffs: dict[str, str]) -> int:
         config = json.dumps({"evaluation": self.ev.model_dump(), "topk_blend_weight": self.conf.topk.blend_weight,
+                             "migration": self.conf.migration.model_dump(),
                              "training": self.conf.training.model_dump(), "cutoffs": cutoffs, "peers": list(PEERS)},
                             default=str)
         df = self.spark.createDataFrame(
-            table.assign(k=table["k"].astype(int), users=table["users"].astype("int64")),
-            "protocol string, system string, segment string, k int, metric string, value double, users long",
+            table.assign(k=table["k"].astype(int), seed=table["seed"].astype(int), users=table["users"].astype("int64")),
+            "protocol string, system string, segment string, seed int, k int, metric string, value double, users long",
         ).select(
             F.lit(self.run_id).alias("run_id"), F.lit(self.dataset).alias("dataset"), "*",
             F.lit(config).alias("config_json"), F.current_timestamp().alias("created_at"),
@@ -267,6 +323,33 @@ class EvaluationJob:
 def add_arguments(parser) -> None:
     parser.add_argument("--dataset", required=True, help="name recorded with the results, e.g. ml-latest-small")
     parser.add_argument("--run-id", help="rows of this run id are replaced (default: dataset + timestamp)")
+    parser.add_argument("--seeds", help="comma-separated seeds of the seeded systems, e.g. 1,2,3 "
+                        "(shortcut for --set evaluation.seeds=[...]; default: training.seed)")
+    parser.add_argument("--export", metavar="CSV", help="also write the run's rows to this local CSV file "
+                        "(columns: " + ", ".join(EXPORT_COLUMNS) + "), e.g. benchmarks/results/quality-<dataset>.csv")
+
+
+def config_from_arguments(parser, args) -> Config:
+    """The configuration, with ``--seeds`` folded into ``evaluation.seeds``."""
+    if args.seeds:
+        try:
+            seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+        except ValueError:
+            parser.error(f"--seeds: not a comma-separated list of integers: {args.seeds!r}")
+        args.overrides.append(f"evaluation.seeds={seeds}")
+    return config_from_args(args)
+
+
+def run_from_args(spark: SparkSession, conf: Config, args) -> int:
+    report = EvaluationJob(spark, conf, args.dataset, args.run_id).run()
+    print(report.table().round(4).to_string())
+    print(report.versus_peers().round(4).to_string())
+    if len(set(report.rows["seed"])) > 1:
+        print(report.spread().round(4).to_string())
+    if args.export:
+        print(f"rows: {report.export(args.export)}")
+    print(f"run {report.run_id}: {report.seconds} s; report {report.report_path}")
+    return 0
 
 
 def entrypoint(argv: list[str] | None = None) -> int:
@@ -274,14 +357,9 @@ def entrypoint(argv: list[str] | None = None) -> int:
     parser = base_parser("Offline evaluation of every system under both protocols, with a report.")
     add_arguments(parser)
     args = parser.parse_args(argv)
-    conf = config_from_args(args)
+    conf = config_from_arguments(parser, args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    spark = build_spark(conf, app_name="driftrec-evaluate")
-    report = EvaluationJob(spark, conf, args.dataset, args.run_id).run()
-    print(report.table().round(4).to_string())
-    print(report.versus_peers().round(4).to_string())
-    print(f"run {report.run_id}: {report.seconds} s; report {report.report_path}")
-    return 0
+    return run_from_args(build_spark(conf, app_name="driftrec-evaluate"), conf, args)
 
 
 if __name__ == "__main__":

@@ -11,8 +11,10 @@ pseudonymisation was switched on).
 
 Aggregates are not rewritten: ``item_transition_counts``, ``item_transitions``, ``category_transitions``,
 ``item_popularity``, the trained models (``model_registry`` and their checkpoints) and ``drift_params`` hold no
-per-user rows. A user's contribution to them is not separable from everyone else's; it decays away under the
-migration engine's half-life (``migration.half_life_days``) and leaves the model at the next cold-start training.
+per-user rows. A user's contribution to them is not separable from everyone else's; in ``category_transitions`` it
+decays away under the migration engine's half-life (``migration.half_life_days``), in the item tables only when
+``migration.item_half_life_days`` is set (by default they are plain sums and keep it), and it leaves the model at the
+next cold-start training.
 
 Deleted is not yet erased: a Delta DELETE writes new data files without the rows, but the old files stay on storage
 for time travel until a VACUUM older than the retention removes them. With the default retention

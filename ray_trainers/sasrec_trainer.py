@@ -13,6 +13,7 @@ worker group resumes from ``ray.train.get_checkpoint()``.
 
 from __future__ import annotations
 
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -124,10 +125,11 @@ def train_loop_per_worker(config: dict) -> None:
             "steady_samples_per_s": float(np.mean(rates[1:])) if len(rates) > 1 else rates[-1],
             "world_size": world,
         }
-        if rank == 0:
-            print(f"[driftrec train] epoch {epoch + 1}/{config['epochs']} on {world} worker(s): loss "
-                  f"{metrics['loss']:.3f}, {rates[-1]:,.0f} positions/s, {elapsed:.1f} s "
-                  f"({time.perf_counter() - started:.0f} s in all)", flush=True)
+        if rank == 0:  # not print(): Ray Train patches it into a root-logger call that reaches the console twice
+            sys.__stdout__.write(f"[driftrec train] epoch {epoch + 1}/{config['epochs']} on {world} worker(s): loss "
+                                 f"{metrics['loss']:.3f}, {rates[-1]:,.0f} positions/s, {elapsed:.1f} s "
+                                 f"({time.perf_counter() - started:.0f} s in all)\n")
+            sys.__stdout__.flush()
         # Reports synchronise every worker with the controller: only at checkpoints, not every epoch.
         if epoch == config["epochs"] - 1 or (epoch + 1) % config["checkpoint_every"] == 0:
             if rank == 0:

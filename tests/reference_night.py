@@ -177,22 +177,23 @@ class OldNight:
         old = state.read(ITEM_TRANSITION_COUNTS).join(delta.select(*keys_i), keys_i, "left_semi")
         state.upsert(
             ITEM_TRANSITION_COUNTS,
-            tr.decay_merge(old, delta, keys_i, day, m.half_life_days).withColumn("as_of", tr.date_lit(day)),
+            tr.decay_merge(old, delta, keys_i, day, m.item_half_life_days).withColumn("as_of", tr.date_lit(day)),
         )
         pop_delta = events.groupBy("item_id").agg(F.count(F.lit(1)).cast("double").alias("n"))
         old_pop = state.read(ITEM_POPULARITY).join(pop_delta.select("item_id"), "item_id", "left_semi")
         state.upsert(
             ITEM_POPULARITY,
-            tr.decay_merge(old_pop, pop_delta, ["item_id"], day, m.half_life_days).withColumn("as_of", tr.date_lit(day)),
+            tr.decay_merge(old_pop, pop_delta, ["item_id"], day, m.item_half_life_days)
+            .withColumn("as_of", tr.date_lit(day)),
         )
         touched = delta.select("from_item").distinct()
         counts = (
             state.read(ITEM_TRANSITION_COUNTS)
             .join(touched, "from_item", "left_semi")
-            .select(*keys_i, tr.decayed(F.col("count"), F.col("as_of"), day, m.half_life_days).alias("count"))
+            .select(*keys_i, tr.decayed(F.col("count"), F.col("as_of"), day, m.item_half_life_days).alias("count"))
         )
         popularity = state.read(ITEM_POPULARITY).select(
-            "item_id", tr.decayed(F.col("count"), F.col("as_of"), day, m.half_life_days).alias("count")
+            "item_id", tr.decayed(F.col("count"), F.col("as_of"), day, m.item_half_life_days).alias("count")
         )
         successors = tr.item_successors(counts, popularity, m.item_smoothing, m.top_n_successors)
         state.replace_groups(

@@ -115,14 +115,29 @@ def test_metrics_are_written_once_per_run_id(spark, evaluated, tmp_path):
     segments = stored[(stored.segment != "all") & (stored.metric == "ndcg")].groupby("segment")["users"].max()
     assert segments.sum() == report.results[0].truth_users  # migrating + stable partition the truth users
 
-    # Rerunning the same run id replaces its rows: here with both protocols and the baselines only (quick).
+    assert set(stored["seed"]) == {conf.training.seed}
+
+    # Rerunning the same run id replaces its rows: here with both protocols, the baselines only (quick) and two
+    # seeds: ALS is trained once per seed, the deterministic baselines repeat their values under each.
     both = conf.model_copy(update={"evaluation": conf.evaluation.model_copy(
-        update={"protocols": ["temporal", "leave_one_out"], "work_dir": str(tmp_path / "work")})})
-    EvaluationJob(spark, both, "synthetic", run_id="run-1").run(with_models=False, report=False)
+        update={"protocols": ["temporal", "leave_one_out"], "work_dir": str(tmp_path / "work"), "seeds": [3, 4]})})
+    rerun = EvaluationJob(spark, both, "synthetic", run_id="run-1").run(with_models=False, report=False)
     again = lakehouse.read_table(spark, conf, EVALUATION_RUNS).where(F.col("run_id") == "run-1").toPandas()
     assert set(again["system"]) == set(BASELINES)
     assert set(again["protocol"]) == {"temporal", "leave_one_out"}
-    assert not again.duplicated(["protocol", "system", "segment", "k", "metric"]).any()
+    assert set(again["seed"]) == {3, 4}
+    assert not again.duplicated(["protocol", "system", "segment", "seed", "k", "metric"]).any()
+    per_seed = again.pivot_table(index=["protocol", "system", "segment", "k", "metric"], columns="seed",
+                                 values="value")
+    fixed = per_seed.loc[per_seed.index.get_level_values("system") != "als"]
+    assert (fixed[3] == fixed[4]).all()
+    exported = pd.read_csv(rerun.export(tmp_path / "quality.csv"))
+    assert list(exported.columns) == ["protocol", "system", "segment", "seed", "metric", "k", "value"]
+    assert len(exported) == len(again)
+    mean = rerun.table()
+    assert mean.loc["als", ("leave_one_out", "ndcg")] == pytest.approx(
+        again[(again.system == "als") & (again.protocol == "leave_one_out") & (again.segment == "all")
+              & (again.k == 10) & (again.metric == "ndcg")]["value"].mean())
     loo = again[(again.protocol == "leave_one_out") & (again.metric == "ndcg") & (again.segment == "all")]
     assert (loo["users"] > 100).all()  # every user with three or more events holds out one
 

@@ -259,3 +259,31 @@ def test_ensured_tables_are_cached_until_forgotten(spark, tmp_path):
         update={"database": conf.lakehouse.database})})
     with pytest.raises(RuntimeError, match="points at .* not at this lakehouse's"):
         lakehouse.ensure_tables(spark, other, (EVENTS,))
+
+
+def test_a_table_of_an_older_release_gains_the_new_nullable_column(spark, tmp_path):
+    """``evaluation_runs`` gained ``seed``: an evaluation on a lakehouse whose table predates it adds the column (old
+    rows read null) instead of failing, and a new process that registers the old table does not fail either."""
+    import dataclasses
+
+    from pyspark.sql import functions as F
+    from pyspark.sql import types as T
+
+    from driftrec.tables import EVALUATION_RUNS
+
+    conf = make_conf(tmp_path / "lake")
+    old = dataclasses.replace(EVALUATION_RUNS, schema=T.StructType(
+        [f for f in EVALUATION_RUNS.schema.fields if f.name != "seed"]))
+    row = {"run_id": "old", "dataset": "d", "protocol": "temporal", "system": "als", "segment": "all", "k": 10,
+           "metric": "ndcg", "value": 0.5, "users": 3, "config_json": "{}"}
+    as_df = lambda r, spec: spark.createDataFrame([r]).withColumn("created_at", F.current_timestamp())  # noqa: E731
+    lakehouse.append(spark, conf, old, as_df(row, old))
+    spark.sql(f"DROP TABLE {conf.table_name('evaluation_runs')}")  # a new process: registers it from its folder
+    lakehouse.forget_ensured(conf)
+
+    new = as_df({**row, "run_id": "new", "seed": 7, "value": 0.25}, EVALUATION_RUNS)
+    lakehouse.replace_where(spark, conf, EVALUATION_RUNS, new, "run_id = 'new'")
+    stored = {r["run_id"]: r for r in lakehouse.read_table(spark, conf, EVALUATION_RUNS).collect()}
+    assert set(stored) == {"old", "new"}
+    assert stored["old"]["seed"] is None and stored["old"]["value"] == 0.5
+    assert stored["new"]["seed"] == 7 and stored["new"]["value"] == 0.25

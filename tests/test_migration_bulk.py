@@ -57,18 +57,21 @@ def test_rebuild_matches_nightly_counts_and_leaks_nothing_after_the_cutoff(spark
     report = job.rebuild(end)
     assert report.n_events == len(_events()) and report.n_users == 3
 
-    # Decayed counts: identical to the nightly engine once both are brought to the same day.
-    def at_end(conf, spec, keys, since):
+    # Counts: identical to the nightly engine once both are brought to the same day (category level decayed with
+    # half_life_days, item level plain sums: migration.item_half_life_days is None by default).
+    assert bulk.migration.item_half_life_days is None
+
+    def at_end(conf, spec, keys, since, half_life):
         df = lakehouse.read_table(spark, conf, spec)
         return {tuple(r[k] for k in keys): r["c"] for r in
-                df.select(*keys, tr.decayed(F.col("count"), F.col(since), end, HALF_LIFE).alias("c")).collect()}
+                df.select(*keys, tr.decayed(F.col("count"), F.col(since), end, half_life).alias("c")).collect()}
 
-    for spec, keys, since in (
-        (USER_TRANSITIONS, ["user_id", "from_cat", "to_cat"], "updated_through"),
-        (ITEM_TRANSITION_COUNTS, ["from_item", "to_item"], "as_of"),
-        (ITEM_POPULARITY, ["item_id"], "as_of"),
+    for spec, keys, since, half_life in (
+        (USER_TRANSITIONS, ["user_id", "from_cat", "to_cat"], "updated_through", HALF_LIFE),
+        (ITEM_TRANSITION_COUNTS, ["from_item", "to_item"], "as_of", None),
+        (ITEM_POPULARITY, ["item_id"], "as_of", None),
     ):
-        want, got = at_end(nightly, spec, keys, since), at_end(bulk, spec, keys, since)
+        want, got = at_end(nightly, spec, keys, since, half_life), at_end(bulk, spec, keys, since, half_life)
         assert want.keys() == got.keys(), spec.logical
         assert all(got[k] == pytest.approx(want[k], rel=1e-9) for k in want), spec.logical
 

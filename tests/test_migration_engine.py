@@ -114,6 +114,7 @@ def test_nightly_state_matches_scratch_and_rerun_is_idempotent(spark, tmp_path, 
     conf = make_conf(
         tmp_path / "lh",
         f"migration.half_life_days={HALF_LIFE}",
+        f"migration.item_half_life_days={HALF_LIFE}",  # decayed item counts: the lazy merge is what is checked
         "migration.gap_minutes=30",
         "migration.top_n_successors=3",
         "migration.min_fit_events=5",

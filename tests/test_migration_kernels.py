@@ -76,6 +76,39 @@ def test_decay_with_zero_days_is_identity_and_composes(data):
     )
 
 
+def test_item_level_counts_keep_their_evidence_without_a_half_life_and_decay_with_one():
+    """migration.item_half_life_days: None (the default) keeps a pair seen 400 days ago at its full count, so its
+    successor row still ranks it first; 14 days leaves it 2^(-400/14) of itself and the row is the prior's."""
+    from pathlib import Path
+
+    from driftrec.config import ConfigError
+    from tests.conftest import make_conf
+
+    m = make_conf(Path("/tmp/unused")).migration
+    assert m.item_half_life_days is None and m.half_life_days == 14.0  # the category level still decays
+    with pytest.raises(ConfigError, match="item_half_life_days"):
+        make_conf(Path("/tmp/unused"), "migration.item_half_life_days=0")
+
+    old = np.array([0.0, 3.0, 0.0, 0.0])  # source 0: pair 0 -> 1 seen three times 400 days ago
+    new = np.array([0.0, 0.0, 1.0, 0.0])  # pair 0 -> 2 seen once today
+    assert k.decay_factor(400, None) == 1.0
+    np.testing.assert_array_equal(k.decay(old, 400, None), old)
+    np.testing.assert_array_equal(k.decayed_update(old, 400, None, new), [0.0, 3.0, 1.0, 0.0])
+    np.testing.assert_array_equal(k.decay(np.stack([old, new]), np.array([400.0, 0.0]), None), [old, new])
+    assert k.decayed_update(old, 400, 14.0, new)[1] == pytest.approx(3.0 * 2.0 ** (-400 / 14), rel=1e-12)
+    assert k.decayed_update(old, 400, 14.0, new)[1] < 1e-8
+    np.testing.assert_allclose(k.decay(np.stack([old, new]), np.array([400.0, 14.0]), 14.0),
+                               [old * 2.0 ** (-400 / 14), new / 2], rtol=1e-12)
+
+    pop = np.array([4.0, 3.0, 1.0, 2.0])
+    plain = k.decayed_update(old, 400, None, new)
+    idx, probs = k.successor_row(plain, pop, 1.0, 3, self_index=0)
+    assert list(idx) == [1, 2, 3]  # raw (3 + 3/6, 1 + 1/6, 2/6) / 5
+    np.testing.assert_allclose(probs, [3.5 / 5, (7 / 6) / 5, (2 / 6) / 5], rtol=1e-12)
+    idx, probs = k.successor_row(k.decayed_update(old, 400, 14.0, new), pop, 1.0, 3, self_index=0)
+    assert list(idx) == [2, 1, 3] and probs[1] == pytest.approx(0.25, rel=1e-6)  # 1 -> ~(0 + 3/6) / 2
+
+
 @settings(max_examples=100, deadline=None)
 @given(st.data())
 def test_successor_rows_sum_to_one_and_never_give_a_single_pair_probability_one(data):

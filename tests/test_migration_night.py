@@ -215,3 +215,71 @@ def test_night_pass_stages_the_rows_of_the_old_night(spark, tmp_path):
         methods.append(report.method)
         old_state.commit(day, day)  # the next night starts from the old path's state
     assert methods == ["default", "fitted", "carried"]
+
+
+@pytest.mark.parametrize("item_half_life", [None, 14.0])
+def test_item_counts_are_plain_sums_by_default_and_decay_with_their_own_half_life(spark, tmp_path, item_half_life):
+    """Two nights 400 days apart (~40 s each setting). Default: the pair counts and popularity are the plain sums
+    of both nights, so item 1's successor row still ranks its old pair 1 -> 2 (3 + 1 events) far above 1 -> 3 (one
+    event); with migration.item_half_life_days=14 the old evidence is 2^(-400/14) of itself and the two tie. The
+    category level decays with half_life_days either way; scoring reads popularity with the same setting."""
+    from driftrec import lakehouse
+    from driftrec.categories import item_categories
+    from driftrec.migration.scoring import load_markov_state
+    from driftrec.migration.state import StagedState, materialise
+    from driftrec.tables import CATEGORY_TRANSITIONS, EVENTS, ITEM_POPULARITY, ITEM_TRANSITION_COUNTS, \
+        ITEM_TRANSITIONS, MIGRATION_TABLES
+    from jobs.migrate import VERSIONED, MigrationJob
+    from tests.migration_helpers import put_events, put_items
+
+    extra = [] if item_half_life is None else [f"migration.item_half_life_days={item_half_life}"]
+    conf = make_conf(tmp_path / "lh", "migration.gap_minutes=30", "migration.top_n_successors=3", *extra)
+    m = conf.migration
+    assert m.item_half_life_days == item_half_life and m.half_life_days == 14.0
+    day_a, day_b = dt.date(2024, 1, 10), dt.date(2024, 1, 10) + dt.timedelta(days=400)
+    night_a = {u: [1, 2] for u in (1, 2, 3)}  # 1 -> 2 three times
+    night_b = {4: [1, 3], 5: [1, 2], 6: [4, 5]}  # 1 -> 3, 1 -> 2 again, 4 -> 5
+    rows = [(u, i, f"{d} 10:{k * 5:02d}:00") for d, seqs in ((day_a, night_a), (day_b, night_b))
+            for u, seq in seqs.items() for k, i in enumerate(seq)]
+    put_items(spark, conf, [(1, "A", ["x"]), (2, "B", ["x"]), (3, "C", ["x"]), (4, "D", ["y"]), (5, "E", ["y"])])
+    put_events(spark, conf, rows)
+    job = MigrationJob(spark, conf)
+    lakehouse.ensure_tables(spark, conf, MIGRATION_TABLES)
+    state = StagedState(spark, conf, {spec.logical: lakehouse.table_version(spark, conf, spec) for spec in VERSIONED})
+    item_cats, version = materialise(item_categories(spark, conf)), lakehouse.table_version(spark, conf, EVENTS)
+    for day in (day_a, day_b):
+        night.run_night(state, job._events(day, version), item_cats, day, m)
+
+    w = kernels.decay_factor(400, item_half_life)  # weight of night A's item evidence on night B
+    counts = {(r["from_item"], r["to_item"]): (r["count"], r["as_of"])
+              for r in state.read(ITEM_TRANSITION_COUNTS).collect()}
+    assert counts[(1, 2)][0] == pytest.approx(3 * w + 1, rel=1e-12) and counts[(1, 2)][1] == day_b
+    assert counts[(1, 3)] == (1.0, day_b) and counts[(4, 5)] == (1.0, day_b)
+    if item_half_life is None:
+        assert counts[(1, 2)][0] == 4.0  # the plain sum of both nights' pairs
+    pop = {r["item_id"]: r["count"] for r in state.read(ITEM_POPULARITY).collect()}
+    want_pop = {1: 3 * w + 2, 2: 3 * w + 1, 3: 1.0, 4: 1.0, 5: 1.0}
+    assert pop == pytest.approx(want_pop, rel=1e-12)
+
+    # Item 1's successor row on night B is the kernel's row from those counts and that popularity.
+    row = {r["to_item"]: r["prob"] for r in state.read(ITEM_TRANSITIONS).where("from_item = 1").collect()}
+    c, p = np.zeros(6), np.zeros(6)
+    c[2], c[3] = 3 * w + 1, 1.0
+    for i, x in want_pop.items():
+        p[i] = x
+    idx, probs = kernels.successor_row(c, p, m.item_smoothing, m.top_n_successors, self_index=1)
+    assert row == pytest.approx(dict(zip(idx.tolist(), probs.tolist())), rel=1e-9)
+    if item_half_life is None:  # the old pair still leads: (4 + 4/6) / 6 against (1 + 1/6) / 6
+        assert row[2] == pytest.approx(7 / 9, rel=1e-12) and row[3] == pytest.approx(7 / 36, rel=1e-12)
+    else:  # night A's three pairs are gone: 1 -> 2 and 1 -> 3 are one pair each, the prior decides
+        assert abs(row[2] - row[3]) < 1e-6
+    # The category level decays with half_life_days whatever the item setting: night A's 3 x->x pairs are ~0.
+    glob = {(r["from_cat"], r["to_cat"]): r["count"] for r in state.read(CATEGORY_TRANSITIONS).collect()}
+    assert glob[("x", "x")] == pytest.approx(3 * 2.0 ** (-400 / 14) + 2, rel=1e-9)
+
+    # Scoring brings popularity forward with the same setting (here 100 days after night B).
+    state.commit(day_a, day_b)
+    later = day_b + dt.timedelta(days=100)
+    scored = {r["item_id"]: r["count"] for r in load_markov_state(spark, conf, later).item_popularity.collect()}
+    assert scored == pytest.approx({i: x * kernels.decay_factor(100, item_half_life) for i, x in want_pop.items()},
+                                   rel=1e-12)

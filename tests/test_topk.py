@@ -271,7 +271,7 @@ def test_cold_start_users_get_popular_items_of_their_declared_categories(spark, 
     in_cat = set(s.items.loc[[chosen in cs for cs in s.items["categories"]], "item_id"])
     assert set(declared["item_id"]) <= in_cat  # only the declared category
     assert (declared["reason"] == f"popular in {chosen}").all()
-    # Inside the category, the order is by (decayed) popularity: the most popular item there comes first.
+    # Inside the category, the order is by popularity (plain event counts: migration.item_half_life_days is None).
     pop = (
         lakehouse.read_table(spark, s.conf, EVENTS).where(F.col("event_date") <= F.lit(DAY))
         .where(F.col("item_id").isin([int(i) for i in in_cat])).groupBy("item_id").count().toPandas()

@@ -173,11 +173,12 @@ def build_state(
     cat_pairs = tr.category_pairs(pairs, item_cats).cache()
     categories = item_cats.select("category").distinct()
 
+    # The item level has its own half-life (None: plain sums), the category level half_life_days.
     item_counts = tr.counts_from_scratch(tr.item_pairs(pairs), ["from_item", "to_item"], "to_date", cutoff,
-                                         m.half_life_days)
+                                         m.item_half_life_days)
     popularity = tr.counts_from_scratch(
         events.select("item_id", F.to_date("event_ts").alias("d"), F.lit(1.0).alias("n")), ["item_id"], "d", cutoff,
-        m.half_life_days,
+        m.item_half_life_days,
     )
     global_counts = tr.counts_from_scratch(cat_pairs, ["from_cat", "to_cat"], "to_date", cutoff, m.half_life_days)
     global_matrix = tr.global_category_matrix(global_counts, categories, m.category_smoothing).cache()

@@ -16,13 +16,16 @@ import numpy as np
 LOG_FLOOR = 1e-300  # q is floored before the log so an impossible event costs a large, finite penalty
 
 
-def decay_factor(days, half_life_days: float):
-    """``2^(-days/T)``: the weight an observation keeps after ``days`` (a float, or an array of per-user gaps)."""
-    f = 2.0 ** (-np.asarray(days, dtype=np.float64) / half_life_days)
+def decay_factor(days, half_life_days: float | None):
+    """``2^(-days/T)``: the weight an observation keeps after ``days`` (a float, or an array of per-user gaps).
+
+    ``T = None`` is no decay (factor 1): the item level's default, ``migration.item_half_life_days``."""
+    d = np.asarray(days, dtype=np.float64)
+    f = np.ones_like(d) if half_life_days is None else 2.0 ** (-d / half_life_days)
     return float(f) if f.ndim == 0 else f
 
 
-def decay(counts: np.ndarray, days, half_life_days: float) -> np.ndarray:
+def decay(counts: np.ndarray, days, half_life_days: float | None) -> np.ndarray:
     """``counts`` decayed by ``days``; with per-user ``days`` (U,) the leading axis of ``counts`` is the user."""
     f = decay_factor(days, half_life_days)
     if np.ndim(f):
@@ -30,8 +33,8 @@ def decay(counts: np.ndarray, days, half_life_days: float) -> np.ndarray:
     return counts * f
 
 
-def decayed_update(prev: np.ndarray, days: float, half_life_days: float, new: np.ndarray) -> np.ndarray:
-    """``C_D = 2^(-(D - D_prev)/T) * C_prev + new_D``."""
+def decayed_update(prev: np.ndarray, days: float, half_life_days: float | None, new: np.ndarray) -> np.ndarray:
+    """``C_D = 2^(-(D - D_prev)/T) * C_prev + new_D`` (``T = None``: ``C_prev + new_D``)."""
     return decay(prev, days, half_life_days) + new
 
 

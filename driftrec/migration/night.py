@@ -351,20 +351,21 @@ def item_rows(night: DataFrame, state: StagedState, day: dt.date, m: MigrationCo
     """``(item_transition_counts, item_popularity, item_transitions)`` rows of the night, all lazy.
 
     The successor lists of the night's ``from_item``s read the stored counts and popularity overlaid with the
-    night's new rows by hand, so nothing staged has to be materialised to be read back."""
+    night's new rows by hand, so nothing staged has to be materialised to be read back. Item-level counts decay with
+    ``migration.item_half_life_days`` (None: plain sums), not the category level's ``half_life_days``."""
     keys = ["from_item", "to_item"]
     delta = _kind(night, ITEM_PAIR).select(*keys, "n")
     stored_counts, stored_pop = state.read(ITEM_TRANSITION_COUNTS), state.read(ITEM_POPULARITY)
     counts = tr.decay_merge(stored_counts.join(delta.select(*keys), keys, "left_semi"), delta, keys, day,
-                            m.half_life_days).withColumn("as_of", tr.date_lit(day))
+                            m.item_half_life_days).withColumn("as_of", tr.date_lit(day))
     pop_delta = _kind(night, ITEM_EVENTS).select("item_id", "n")
     pop = tr.decay_merge(stored_pop.join(pop_delta.select("item_id"), "item_id", "left_semi"), pop_delta,
-                         ["item_id"], day, m.half_life_days).withColumn("as_of", tr.date_lit(day))
+                         ["item_id"], day, m.item_half_life_days).withColumn("as_of", tr.date_lit(day))
     touched = delta.select("from_item").distinct()
     row_counts = _overlay(stored_counts, counts, keys).join(touched, "from_item", "left_semi").select(
-        *keys, tr.decayed(F.col("count"), F.col("as_of"), day, m.half_life_days).alias("count"))
+        *keys, tr.decayed(F.col("count"), F.col("as_of"), day, m.item_half_life_days).alias("count"))
     popularity = _overlay(stored_pop, pop, ["item_id"]).select(
-        "item_id", tr.decayed(F.col("count"), F.col("as_of"), day, m.half_life_days).alias("count"))
+        "item_id", tr.decayed(F.col("count"), F.col("as_of"), day, m.item_half_life_days).alias("count"))
     successors = tr.item_successors(row_counts, popularity, m.item_smoothing, m.top_n_successors)
     return counts, pop, successors.withColumn("updated_through", tr.date_lit(day))
 

@@ -38,7 +38,7 @@ class MarkovState:
     global_matrix: DataFrame  # from_cat, to_cat, count, prob
     item_successors: DataFrame  # from_item, to_item, prob
     item_cats: DataFrame  # item_id, category, share
-    item_popularity: DataFrame  # item_id, count (decayed)
+    item_popularity: DataFrame  # item_id, count (decayed with item_half_life_days; None: plain sums)
     titles: DataFrame  # item_id, title
     a: float
     b: float
@@ -66,7 +66,7 @@ def load_markov_state(spark: SparkSession, conf: Config, as_of: dt.date) -> Mark
         item_successors=read(ITEM_TRANSITIONS).select("from_item", "to_item", "prob"),
         item_cats=item_categories(spark, conf),
         item_popularity=read(ITEM_POPULARITY).select(
-            "item_id", tr.decayed(F.col("count"), F.col("as_of"), as_of, m.half_life_days).alias("count")
+            "item_id", tr.decayed(F.col("count"), F.col("as_of"), as_of, m.item_half_life_days).alias("count")
         ),
         titles=read(ITEMS).select("item_id", "title"),
         a=a,
@@ -117,8 +117,9 @@ def predicted_interest(users: DataFrame, state: MarkovState, mconf: MigrationCon
 
 
 def category_item_probs(state: MarkovState, mconf: MigrationConfig) -> DataFrame:
-    """``(item_id, category, pic)``: ``P(i | c)`` ∝ ``share_i(c) * (decayed events of i + 1)``, summing to 1 per
-    category. The +1 gives an item without events (a cold-start item) its share of its categories."""
+    """``(item_id, category, pic)``: ``P(i | c)`` ∝ ``share_i(c) * (events of i + 1)``, summing to 1 per category
+    (events decayed with ``migration.item_half_life_days`` when set). The +1 gives an item without events (a
+    cold-start item) its share of its categories."""
     in_cat = Window.partitionBy("category").rowsBetween(Window.unboundedPreceding, Window.unboundedFollowing)
     return (
         state.item_cats.join(state.item_popularity, "item_id", "left")

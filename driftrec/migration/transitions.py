@@ -3,6 +3,7 @@
 Counts are stored lazily decayed: a row holds ``count`` as of its own date ``as_of``; its value on a later day D
 is ``count * 2^(-(D - as_of)/T)``. A night therefore rewrites only the rows its events touch, and one
 recomputation from scratch (:func:`counts_from_scratch`) gives the same numbers as any sequence of nights.
+A half-life of ``None`` means no decay (plain sums): the item level's default (``migration.item_half_life_days``).
 """
 
 from __future__ import annotations
@@ -25,8 +26,10 @@ def date_lit(day: dt.date) -> Column:
     return F.lit(day.isoformat()).cast("date")
 
 
-def decayed(count: Column, since: Column, day: dt.date, half_life_days: float) -> Column:
-    """``count * 2^(-(day - since)/T)``: a lazily stored count brought forward to ``day``."""
+def decayed(count: Column, since: Column, day: dt.date, half_life_days: float | None) -> Column:
+    """``count * 2^(-(day - since)/T)``: a lazily stored count brought forward to ``day``; ``T = None``: ``count``."""
+    if half_life_days is None:
+        return count
     age = F.datediff(date_lit(day), since).cast("double")
     return count * F.pow(F.lit(2.0), -age / F.lit(float(half_life_days)))
 
@@ -103,7 +106,7 @@ def decay_merge(
     new: DataFrame,
     keys: list[str],
     day: dt.date,
-    half_life_days: float,
+    half_life_days: float | None,
     *,
     since_col: str = "as_of",
 ) -> DataFrame:
@@ -120,7 +123,8 @@ def decay_merge(
     )
 
 
-def counts_from_scratch(rows: DataFrame, keys: list[str], date_col: str, day: dt.date, half_life_days: float):
+def counts_from_scratch(rows: DataFrame, keys: list[str], date_col: str, day: dt.date,
+                        half_life_days: float | None):
     """One recomputation: ``sum_e n_e * 2^(-(day - date_e)/T)`` over rows dated up to ``day``: ``(keys, count)``."""
     return (
         rows.where(F.col(date_col) <= date_lit(day))
