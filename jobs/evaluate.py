@@ -141,6 +141,10 @@ class EvaluationJob:
         work = self.ev.work_dir or lakehouse.Lakehouse.of(conf).evaluation_dir()
         self.work = lakehouse.Lakehouse(work).local_path(
             operation="evaluation's scratch lakehouses (set evaluation.work_dir to a local folder)")
+        # ALS's iterations grow one RDD lineage; without checkpoints its tasks overflow the stack when deserialised
+        # (seen with 15 iterations on ml-latest-small). With a checkpoint directory ALS cuts it every 10 iterations.
+        if spark.sparkContext.getCheckpointDir() is None:
+            spark.sparkContext.setCheckpointDir(lakehouse.join(work, "_checkpoints"))
 
     # ---- splits ------------------------------------------------------------------------------------------------
     def split(self, protocol: str, events: DataFrame) -> tuple[protocols.Split, dt.date]:
