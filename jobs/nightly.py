@@ -116,8 +116,9 @@ class NightlyJob:
             raise ValueError(f"empty date range: {start} > {end}")
         dates = [start + dt.timedelta(days=i) for i in range((end - start).days + 1)]
         report = NightlyReport(self.run_id)
-        with RunLock(self.spark, self.conf, self.run_id):
+        with RunLock(self.spark, self.conf, self.run_id) as lock:
             lakehouse.ensure_table(self.spark, self.conf, PIPELINE_RUNS)
+            stage_runs.fail_abandoned(self.spark, self.conf, lock.taken_over, self.run_id)
             plan = self.plan(dates, force)
             for ds, todo in plan:
                 skipped = [s for s in self.conf.pipeline.stages if s not in todo]
