@@ -355,8 +355,10 @@ def _apply_override(data: dict, dotted: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Build the configuration from an optional TOML file plus ``key.sub=value`` overrides."""
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                values: dict[str, Any] | None = None) -> Config:
+    """Build the configuration from an optional TOML file plus ``key.sub=value`` overrides (TOML values), then
+    ``values``: dotted keys with values taken as they are, never parsed (a path from a flag may hold any character)."""
     data: dict[str, Any] = {}
     origin = "defaults"
     if path is not None:
@@ -374,6 +376,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         key, raw = item.split("=", 1)
         _apply_override(data, key.strip(), _parse_value(raw.strip()))
         origin += f" + --set {key.strip()}"
+    for key, value in (values or {}).items():
+        _apply_override(data, key, value)
+        origin += f" + {key}"
     try:
         return Config.model_validate(data)
     except ValidationError as e:

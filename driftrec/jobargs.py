@@ -37,10 +37,9 @@ def add_run_id(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
-    overrides = list(args.overrides)
-    if getattr(args, "lakehouse", None):
-        overrides.append(f'lakehouse.root="{args.lakehouse}"')
-    return load_config(args.config, overrides)
+    """The config of ``--config``, ``--set`` and ``--lakehouse``; the root is set as given, not parsed as TOML."""
+    root = getattr(args, "lakehouse", None)
+    return load_config(args.config, list(args.overrides), {"lakehouse.root": root} if root else None)
 
 
 def parse_date(value: str) -> date:

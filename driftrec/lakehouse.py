@@ -21,6 +21,7 @@ from pyspark.errors import AnalysisException
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from driftrec import sqltext
 from driftrec.config import Config
 from driftrec.tables import ALL_TABLES, TableSpec, conform
 
@@ -373,6 +374,17 @@ def table_exists(spark: SparkSession, conf: Config, spec: TableSpec) -> bool:
     return DeltaTable.isDeltaTable(spark, conf.table_path(spec.logical))
 
 
+def table_properties(spark: SparkSession, conf: Config, spec: TableSpec) -> dict[str, str]:
+    """The table's Delta properties (``TBLPROPERTIES``)."""
+    return dict(DeltaTable.forPath(spark, conf.table_path(spec.logical)).detail().first()["properties"] or {})
+
+
+def set_table_properties(spark: SparkSession, conf: Config, spec: TableSpec, properties: dict[str, str]) -> None:
+    """Set Delta properties on the table (one metadata commit)."""
+    pairs = ", ".join(f"{sqltext.literal(k)} = {sqltext.literal(v)}" for k, v in properties.items())
+    spark.sql(f"ALTER TABLE {sqltext.delta_path(conf.table_path(spec.logical))} SET TBLPROPERTIES ({pairs})")
+
+
 def _last_commit_metrics(table: DeltaTable) -> dict:
     """Delta's operation metrics of the table's latest commit (the write just run)."""
     row = table.history(1).select("operationMetrics").first()
@@ -525,7 +537,7 @@ def delete_where(
         return 0
     marked = int(metrics.get("numDeletionVectorsAdded", 0)) + int(metrics.get("numDeletionVectorsUpdated", 0))
     if purge and marked:
-        spark.sql(f"REORG TABLE delta.`{path}` APPLY (PURGE)")
+        spark.sql(f"REORG TABLE {sqltext.delta_path(path)} APPLY (PURGE)")
     return int(metrics.get("numDeletedRows", 0))
 
 

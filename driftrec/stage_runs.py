@@ -66,6 +66,24 @@ def record(spark: SparkSession, conf: Config, run_id: str, ds: dt.date, stage: s
     lakehouse.merge_upsert(spark, conf, PIPELINE_RUNS, df, update_when="true", metrics=False)
 
 
+def fail_abandoned(spark: SparkSession, conf: Config, owner: dict | None, by_run: str) -> int:
+    """Mark the ``running`` rows of ``owner``'s run failed: a run lock ``by_run`` took over from a holder that never
+    released it (see :attr:`driftrec.runlock.RunLock.taken_over`), so that run was killed and its attempts ended
+    with it. Only that run's rows: a stage launched on its own (no lock) may be running now. The rows changed."""
+    if owner is None or not lakehouse.table_exists(spark, conf, PIPELINE_RUNS):
+        return 0
+    rows = (lakehouse.read_table(spark, conf, PIPELINE_RUNS)
+            .where((F.col("run_id") == F.lit(owner["run_id"])) & (F.col("status") == F.lit(RUNNING))).collect())
+    if not rows:
+        return 0
+    detail = (f"abandoned: run {owner['run_id']} (pid {owner['pid']} on {owner['host']}) ended without finishing; "
+              f"run {by_run} took over its lock")
+    failed = [{**r.asDict(), "status": FAILED, "detail": detail, "finished_at": _now()} for r in rows]
+    lakehouse.merge_upsert(spark, conf, PIPELINE_RUNS, spark.createDataFrame(failed, schema=PIPELINE_RUNS.schema),
+                           update_when="true", metrics=False)
+    return len(rows)
+
+
 def latest_status(spark: SparkSession, conf: Config, dates: list[dt.date]) -> dict[tuple[dt.date, str], str]:
     """Latest status per (date, stage) among ``dates``, across all run ids."""
     if not lakehouse.table_exists(spark, conf, PIPELINE_RUNS):

@@ -6,6 +6,8 @@ name a non-Spark reader registered the Delta path under. The README shows them; 
 
 from __future__ import annotations
 
+import datetime as dt
+
 QUERIES: dict[str, str] = {
     # One user's list tonight, best first, with titles and reasons.
     "user_list": """
@@ -35,9 +37,24 @@ ORDER BY users DESC, rising_category
 }
 
 
+def _param(name: str, value) -> str:
+    """A parameter's text: an integer, or a date (a ``datetime.date`` or ``YYYY-MM-DD``); anything else is refused,
+    so no value can carry SQL into the query."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(value, dt.date) and not isinstance(value, dt.datetime):
+        return value.isoformat()
+    if isinstance(value, str):
+        try:
+            return dt.date.fromisoformat(value).isoformat()
+        except ValueError:
+            pass
+    raise ValueError(f"query parameter {name}={value!r}: expected an integer or a date (YYYY-MM-DD)")
+
+
 def render(name: str, tables: dict[str, str], **params) -> str:
-    """The query ``name`` with table placeholders replaced by ``tables`` and parameters filled in."""
-    return QUERIES[name].format(**tables, **{k: str(v) for k, v in params.items()}).strip()
+    """The query ``name`` with table placeholders replaced by ``tables`` and parameters (integers, dates) filled in."""
+    return QUERIES[name].format(**tables, **{k: _param(k, v) for k, v in params.items()}).strip()
 
 
 TABLES = ("recommendations", "items", "user_drift")

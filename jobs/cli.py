@@ -16,7 +16,7 @@ import time
 
 from pyspark.sql import functions as F
 
-from driftrec import lakehouse
+from driftrec import lakehouse, sqltext
 from driftrec.lakehouse import Lakehouse
 from driftrec.config import ConfigError
 from driftrec.jobargs import add_config_flags, add_run_id, config_from_args, parse_date
@@ -165,7 +165,8 @@ def cmd_demo(args) -> int:
     spark.sql(query).show(10, truncate=False)
     sample = (
         f"SELECT r.user_id, r.rank, i.title, round(r.score, 4) AS score, r.reason FROM {db}.recommendations r "
-        f"JOIN {db}.items i USING (item_id) WHERE r.ds = DATE'{last}' AND r.rank <= 3 ORDER BY r.user_id, r.rank"
+        f"JOIN {db}.items i USING (item_id) WHERE r.ds = {sqltext.literal(last)} AND r.rank <= 3 "
+        "ORDER BY r.user_id, r.rank"
     )
     print("sample of tonight's recommendations, with reasons:")
     print(f'  driftrec sql --lakehouse {root} "{sample}"')

@@ -44,7 +44,7 @@ import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from driftrec import lakehouse
+from driftrec import lakehouse, sqltext
 from driftrec.config import Config
 from driftrec.evaluation import baselines, metrics, protocols
 from driftrec.evaluation.report import PEERS, peer_table, versus_best_peer
@@ -321,7 +321,10 @@ class EvaluationJob:
             F.lit(self.run_id).alias("run_id"), F.lit(self.dataset).alias("dataset"), "*",
             F.lit(config).alias("config_json"), F.current_timestamp().alias("created_at"),
         )
-        return lakehouse.replace_where(self.spark, self.conf, EVALUATION_RUNS, df, f"run_id = '{self.run_id}'")
+        # The run id is the user's text: the predicate renders it as a literal (an id "x' OR '1'='1" once
+        # replaced every other run's rows).
+        return lakehouse.replace_where(self.spark, self.conf, EVALUATION_RUNS, df,
+                                       sqltext.equals("run_id", self.run_id))
 
 
 def add_arguments(parser) -> None:

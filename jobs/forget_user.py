@@ -5,9 +5,11 @@ on storage (so a table added later is covered without touching this file), plus 
 ``row_content`` is the raw rejected row as JSON: a row is deleted when its user field (the source's own column name:
 ``ingest.mapping.user_id`` for generic sources, ``userId`` for MovieLens CSV releases, ``user`` for ml-100k and the
 ``.dat`` releases; see :mod:`driftrec.sources`) parses to one of the ids, as ingestion would parse it (trimmed,
-``007`` and ``7.0`` are 7). With ``privacy.pseudonymise_users`` the ids given are raw ids: their pseudonyms
-(:func:`driftrec.pseudonym.pseudonymise_id`) are deleted too, and so are the raw ids (rows stored before
-pseudonymisation was switched on).
+``007`` and ``7.0`` are 7). With ``privacy.pseudonymise_users`` the ids given are raw ids and their pseudonyms
+(:func:`driftrec.pseudonym.pseudonymise_id`) are deleted, never the raw ids themselves unless the lakehouse recorded
+raw rows from before pseudonymisation was switched on (:mod:`driftrec.privacy`): the DELETE commit records its
+predicate, and a raw id there would sit beside its pseudonym. Without the flag on a pseudonymised lakehouse the job
+refuses (raw ids would match nothing).
 
 Aggregates are not rewritten: ``item_transition_counts``, ``item_transitions``, ``category_transitions``,
 ``item_popularity``, the trained models (``model_registry`` and their checkpoints) and ``drift_params`` hold no
@@ -28,7 +30,8 @@ On a table with deletion vectors the DELETE only marks the rows, so their files 
 
 Not covered: the Delta transaction logs (``_delta_log``) keep per-file column statistics (min/max, so a user id,
 and the first characters of a quarantined row) of the removed files until log cleanup (``delta.logRetentionDuration``,
-30 days), and the DELETE commit records its predicate, i.e. the ids; scratch lakehouses of ``driftrec evaluate``
+30 days), and the DELETE commit records its predicate, i.e. the ids as stored (pseudonyms on a pseudonymised
+lakehouse); scratch lakehouses of ``driftrec evaluate``
 (``evaluation.work_dir``), the raw source files and ``topk.extra_users`` live outside this lakehouse's tables.
 
 Several users are best forgotten in one run: each table is scanned once per run, whatever the number of ids. The
@@ -51,7 +54,7 @@ from pathlib import Path
 from pyspark.sql import Column, SparkSession
 from pyspark.sql import functions as F
 
-from driftrec import lakehouse, tables
+from driftrec import lakehouse, privacy, stage_runs, tables
 from driftrec.config import Config
 from driftrec.jobargs import base_parser, config_from_args
 from driftrec.spark import build_spark
@@ -146,13 +149,9 @@ class ForgetUserJob:
         return [s for s in specs if lakehouse.table_exists(self.spark, self.conf, s)]
 
     def stored_ids(self, user_ids: list[int]) -> list[int]:
-        """The ids as stored: with pseudonymisation on, the raw ids and their pseudonyms."""
-        if not self.conf.privacy.pseudonymise_users:
-            return user_ids
-        from driftrec.pseudonym import key_from_env, pseudonymise_id
-
-        key = key_from_env(self.conf)
-        return sorted({*user_ids, *(pseudonymise_id(u, key) for u in user_ids)})
+        """The ids as this lakehouse stores them (:func:`driftrec.privacy.stored_ids`): pseudonyms only on a
+        pseudonymised lakehouse; refused without the key there."""
+        return privacy.stored_ids(self.spark, self.conf, user_ids)
 
     def _condition(self, spec: TableSpec, ids: list[int]) -> Column:
         if spec.logical == QUARANTINE.logical:
@@ -172,7 +171,9 @@ class ForgetUserJob:
         hours = self._retention(retention_hours) if vacuum else None
         report = ForgetReport(users=len(ids), retention_hours=hours)
         specs = self.targets()
-        with RunLock(self.spark, self.conf, f"forget-user-{uuid.uuid4().hex[:6]}"):
+        run_id = f"forget-user-{uuid.uuid4().hex[:6]}"
+        with RunLock(self.spark, self.conf, run_id) as lock:
+            stage_runs.fail_abandoned(self.spark, self.conf, lock.taken_over, run_id)
             self._delete(specs, ids, report)
             if hours is not None:
                 self._vacuum([s for s, t in zip(specs, report.tables) if t.rows_deleted], hours, report)

@@ -23,7 +23,7 @@ from datetime import datetime, timezone
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from driftrec import lakehouse
+from driftrec import lakehouse, privacy, sqltext
 from driftrec.config import Config
 from driftrec.jobargs import base_parser, config_from_args
 from driftrec.pseudonym import key_from_env, pseudonymise_quarantine, pseudonymise_raw_events
@@ -105,6 +105,8 @@ class IngestJob:
             if unnamed:
                 raise ValueError(f"cannot pseudonymise {unnamed}: the source does not name its user id field")
         lakehouse.ensure_tables(self.spark, self.conf, (EVENTS, ITEMS, QUARANTINE, INGEST_LOG))
+        if any(s.target == "events" for s in sources):  # raw or pseudonymised ids: recorded (or refused) first
+            privacy.record_ingest(self.spark, self.conf, pseudonymised=key is not None)
         report = IngestReport(run_id=uuid.uuid4().hex[:12])
         for src in sources:
             rep = self._load_events(src, key) if src.target == "events" else self._load_items(src)
@@ -196,9 +198,8 @@ class IngestJob:
 
 def _date_filter(dates: list) -> str:
     if len(dates) <= _MAX_DATE_LIST:
-        listed = ", ".join(f"DATE'{d.isoformat()}'" for d in sorted(dates))
-        return f"t.event_date IN ({listed})"
-    return f"t.event_date BETWEEN DATE'{min(dates).isoformat()}' AND DATE'{max(dates).isoformat()}'"
+        return sqltext.is_in("t.event_date", sorted(dates))
+    return sqltext.between("t.event_date", min(dates), max(dates))
 
 
 def add_arguments(parser) -> None:

@@ -7,9 +7,10 @@ Every stage is idempotent on its own (see each job); this job adds the bookkeepi
   :mod:`driftrec.stage_runs` and each stage's own ``run_stage``: a stage launched on its own records the same row.
 - A rerun of a date skips the stages that already succeeded for it and resumes at the first one that did not;
   every stage after it runs again, since it reads what the resumed stage writes. ``force`` reruns all of them.
-- One run per lakehouse at a time: :class:`driftrec.runlock.RunLock` (a one-commit Delta lock, as atomic as the
-  tables' own commits); a second run refuses, naming the owner. A lock whose owner process is gone (same host), or
-  one taken on another host longer than ``pipeline.lock_stale_hours`` ago, is stale and taken over.
+- One run per lakehouse at a time: :class:`driftrec.runlock.RunLock` (a flock on local roots, a one-commit Delta
+  lock on others); a second run refuses, naming the owner. A lock whose owner process is gone is taken over (on
+  other roots also one taken on another host longer than ``pipeline.lock_stale_hours`` ago), and the killed run's
+  ``running`` stage rows are marked failed.
 """
 
 from __future__ import annotations
@@ -116,8 +117,9 @@ class NightlyJob:
             raise ValueError(f"empty date range: {start} > {end}")
         dates = [start + dt.timedelta(days=i) for i in range((end - start).days + 1)]
         report = NightlyReport(self.run_id)
-        with RunLock(self.spark, self.conf, self.run_id):
+        with RunLock(self.spark, self.conf, self.run_id) as lock:
             lakehouse.ensure_table(self.spark, self.conf, PIPELINE_RUNS)
+            stage_runs.fail_abandoned(self.spark, self.conf, lock.taken_over, self.run_id)
             plan = self.plan(dates, force)
             for ds, todo in plan:
                 skipped = [s for s in self.conf.pipeline.stages if s not in todo]

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from driftrec import lakehouse
+from driftrec import lakehouse, sqltext
 from driftrec.config import Config
 from driftrec.jobargs import add_run_id, base_parser, config_from_args, parse_date
 from driftrec.migration import transitions as tr
@@ -237,7 +237,7 @@ class TopKJob:
 
     def run(self, ds: dt.date) -> TopKReport:
         rows, served, n_users = self.recommendations(ds)
-        written = lakehouse.replace_where(self.spark, self.conf, RECOMMENDATIONS, rows, f"ds = '{ds.isoformat()}'")
+        written = lakehouse.replace_where(self.spark, self.conf, RECOMMENDATIONS, rows, sqltext.equals("ds", ds))
         report = TopKReport(ds, n_users, written, served.version, served.new_items, served.space.n_items)
         log.info(report.summary())
         return report

@@ -27,7 +27,7 @@ import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from driftrec import lakehouse, registry
+from driftrec import lakehouse, registry, sqltext
 from driftrec.config import Config
 from driftrec.jobargs import add_run_id, base_parser, config_from_args, parse_date
 from driftrec.models.batches import ItemSpace, extend_space, valid_batch
@@ -177,7 +177,7 @@ class TrainJob:
         t = self.conf.training
         seqs = build_sequences(events, ds, max_seq_len=t.max_seq_len, max_chunks=t.max_chunks_per_user,
                                min_valid_events=t.min_valid_events, interest=self._interest())
-        lakehouse.replace_where(self.spark, self.conf, TRAINING_SEQUENCES, seqs, f"ds = '{ds.isoformat()}'",
+        lakehouse.replace_where(self.spark, self.conf, TRAINING_SEQUENCES, seqs, sqltext.equals("ds", ds),
                                 metrics=False)
         version = lakehouse.table_version(self.spark, self.conf, TRAINING_SEQUENCES)
         # Written only by whole-partition replaces (no deletion vectors), so the files are the snapshot.

@@ -53,11 +53,11 @@ def make_conf(root: Path, *extra: str) -> Config:
     """A config for an isolated lakehouse; a unique database keeps catalog names from colliding across tests."""
     return load_config(
         overrides=[
-            f'lakehouse.root="{root}"',
             f'lakehouse.database="t_{uuid.uuid4().hex[:10]}"',
             "spark.shuffle_partitions=2",
             *extra,
-        ]
+        ],
+        values={"lakehouse.root": str(root)},
     )
 
 

@@ -243,13 +243,100 @@ def test_no_user_is_refused(tmp_path, conf):
         main(["forget-user", "--lakehouse", str(tmp_path / "lake")])
 
 
-def test_pseudonymised_lakehouse_forgets_the_pseudonym_too(tmp_path, monkeypatch):
+RAW_ID, KEY = 555000111, "k3y-Secret-0123456789-forget"
+PSEUDO_CSV = (
+    "user_id,item_id,timestamp,event_type,weight\n"
+    f"{RAW_ID},10,1700000000,view,1\n"
+    f"{RAW_ID},11,1700000100,click,1\n"
+    "2,10,1700000200,view,1\n"
+    f"{RAW_ID},12,yesterday,view,1\n"  # quarantined: bad timestamp
+    "3,10,yesterday,view,1\n"  # quarantined
+)
+
+
+def _logs_mentioning(root: Path, needle: str) -> list[str]:
+    """Every Delta commit file under the lakehouse whose text holds ``needle``."""
+    return [str(f.relative_to(root)) for f in sorted(root.rglob("_delta_log/*.json")) if needle in f.read_text()]
+
+
+def test_pseudonymised_erasure_deletes_by_pseudonym_only(spark, tmp_path, monkeypatch):
+    """The raw id reaches no Delta commit (the DELETE predicate names the pseudonym only); without the privacy
+    flag on a pseudonymised lakehouse, forget-user (and a raw ingest) is refused before any write."""
+    from driftrec import privacy
     from driftrec.pseudonym import pseudonymise_id
+    from jobs.ingest import IngestJob
+    from tests.test_pseudonym import NOW
+
+    root = tmp_path / "lake"
+    conf = make_conf(root, "privacy.pseudonymise_users=true")
+    monkeypatch.setenv(conf.privacy.pseudonym_key_env, KEY)
+    src = tmp_path / "in" / "events.csv"
+    src.parent.mkdir()
+    src.write_text(PSEUDO_CSV)
+    ingest = IngestJob(spark, conf, now=NOW)
+    ingest.run(ingest.plan(events=[str(src)]))
+    assert privacy.recorded(spark, conf) == privacy.PSEUDONYMISED
+    pseudo, other = pseudonymise_id(RAW_ID, KEY.encode()), pseudonymise_id(2, KEY.encode())
+    assert _logs_mentioning(root, str(RAW_ID)) == []  # ingest stored the pseudonym only
+    assert _logs_mentioning(root, str(pseudo))  # control: the search finds ids in the commits' column stats
+
+    # Without the flag the raw id would match nothing: refused, nothing written.
+    plain = conf.model_copy(update={"privacy": conf.privacy.model_copy(update={"pseudonymise_users": False})})
+    targets = ForgetUserJob(spark, conf).targets()
+    versions = {s.logical: _version(spark, conf, s) for s in targets}
+    with pytest.raises(privacy.PrivacyModeError, match=r"stores pseudonymised user ids .*pseudonymise_users=true"):
+        ForgetUserJob(spark, plain).run([RAW_ID], vacuum=False)
+    with pytest.raises(privacy.PrivacyModeError, match="ingesting raw ids into it is refused"):
+        IngestJob(spark, plain, now=NOW).run(ingest.plan(events=[str(src)]))
+    assert {s.logical: _version(spark, conf, s) for s in targets} == versions
+    assert _logs_mentioning(root, str(RAW_ID)) == []
+
+    report = ForgetUserJob(spark, conf).run([RAW_ID], vacuum=False)
+    assert (report.table("events").rows_deleted, report.table("quarantine").rows_deleted) == (2, 1)
+    assert {r["user_id"] for r in lakehouse.read_table(spark, conf, EVENTS).collect()} == {other}
+    assert lakehouse.read_table(spark, conf, QUARANTINE).count() == 1
+    assert _logs_mentioning(root, str(RAW_ID)) == []  # not in the DELETE commits either
+    deletes = [r["operationParameters"]["predicate"] for spec in (EVENTS, QUARANTINE)
+               for r in DeltaTable.forPath(spark, conf.table_path(spec.logical)).history().collect()
+               if r["operation"] == "DELETE"]
+    assert len(deletes) == 2 and all(str(pseudo) in p and str(RAW_ID) not in p for p in deletes)
+
+
+def test_which_ids_are_deleted_follows_what_the_lakehouse_records():
+    from driftrec.privacy import MIXED, PSEUDONYMISED, RAW, PrivacyModeError, after_ingest
+
+    assert [after_ingest(None, False), after_ingest(RAW, False)] == [RAW, RAW]
+    assert [after_ingest(None, True), after_ingest(PSEUDONYMISED, True)] == [PSEUDONYMISED, PSEUDONYMISED]
+    assert [after_ingest(RAW, True), after_ingest(MIXED, True)] == [MIXED, MIXED]  # switched on after raw rows
+    for current in (PSEUDONYMISED, MIXED):
+        with pytest.raises(PrivacyModeError, match="refused"):
+            after_ingest(current, False)
+
+
+def test_mixed_lakehouse_forgets_raw_rows_and_pseudonyms(spark, tmp_path, monkeypatch):
+    """Pseudonymisation switched on after raw ids were stored: both forms of the user go."""
+    from driftrec import privacy
+    from driftrec.pseudonym import pseudonymise_id
+    from jobs.ingest import IngestJob
+    from tests.test_pseudonym import NOW
 
     conf = make_conf(tmp_path / "lake", "privacy.pseudonymise_users=true")
-    key = "k" * 32
-    monkeypatch.setenv(conf.privacy.pseudonym_key_env, key)
-    assert ForgetUserJob(None, conf).stored_ids([5]) == sorted({5, pseudonymise_id(5, key.encode())})
+    plain = conf.model_copy(update={"privacy": conf.privacy.model_copy(update={"pseudonymise_users": False})})
+    monkeypatch.setenv(conf.privacy.pseudonym_key_env, KEY)
+    src = tmp_path / "events.csv"
+    src.write_text(PSEUDO_CSV)
+    IngestJob(spark, plain, now=NOW).run(IngestJob(spark, plain, now=NOW).plan(events=[str(src)]))
+    assert privacy.recorded(spark, conf) == privacy.RAW
+    assert ForgetUserJob(spark, conf).stored_ids([RAW_ID]) == [RAW_ID]  # flag on, nothing pseudonymised yet
+    src.write_text(PSEUDO_CSV.replace("1700000", "1700001"))  # new events of the same users
+    IngestJob(spark, conf, now=NOW).run(IngestJob(spark, conf, now=NOW).plan(events=[str(src)]))
+    assert privacy.recorded(spark, conf) == privacy.MIXED
+    pseudo = pseudonymise_id(RAW_ID, KEY.encode())
+    assert ForgetUserJob(spark, conf).stored_ids([RAW_ID]) == sorted({RAW_ID, pseudo})
+    report = ForgetUserJob(spark, conf).run([RAW_ID], vacuum=False)
+    assert report.table("events").rows_deleted == 4
+    assert {r["user_id"] for r in lakehouse.read_table(spark, conf, EVENTS).collect()} == {
+        2, pseudonymise_id(2, KEY.encode())}
 
 
 def test_quarantine_condition_matches_as_ingestion_parses(spark):

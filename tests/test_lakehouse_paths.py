@@ -183,7 +183,7 @@ def test_ingest_merge_and_nightly_migrate_on_a_file_uri_root(spark, tmp_path, mo
     assert rep.records[0].result.rows_in == n_events > 0
     runs = lakehouse.read_table(spark, night, PIPELINE_RUNS).collect()
     assert [(r["stage"], r["status"]) for r in runs] == [("migrate", SUCCEEDED)]
-    assert (tmp_path / "night" / "_pipeline" / "run_lock" / "_delta_log").is_dir()
+    assert (tmp_path / "night" / "_pipeline" / "run.lock").is_file()  # a local root's lock: a flock (driftrec.runlock)
     assert RunLock(spark, night, "probe").holder() is None  # released
     assert (tmp_path / "night" / "user_interest" / "_delta_log").is_dir()
     assert not any(p.name.startswith("file:") for p in tmp_path.iterdir()) and not Path("file:").exists()

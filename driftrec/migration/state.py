@@ -13,7 +13,7 @@ import datetime as dt
 
 from pyspark.sql import DataFrame, SparkSession
 
-from driftrec import jobstats, lakehouse
+from driftrec import jobstats, lakehouse, sqltext
 from driftrec.config import Config
 from driftrec.spark import run_concurrently
 from driftrec.tables import TableSpec, conform
@@ -102,7 +102,7 @@ class StagedState:
         if kind == "groups":  # the source is read three times (rows, groups, keys): compute it once
             by = tuple(self._by[name])
             return lambda: lakehouse.replace_groups(spark, conf, spec, self._staged(name), by, metrics=False)
-        where = f"ds >= '{start.isoformat()}' AND ds <= '{end.isoformat()}'"
+        where = sqltext.between("ds", start, end)
         return lambda: lakehouse.replace_where(spark, conf, spec, rows, where, metrics=False)
 
 
