@@ -37,12 +37,13 @@ def quarantined(reason: str) -> tuple:
     return ("quarantined", reason)
 
 
-# kind, lines of main.csv (after HEADER), how to find its quarantined row (note, else the raw user id), outcome.
+# kind, lines of main.csv (after HEADER), the text that finds its row in quarantine (default: the kind, which is the
+# row's note), outcome.
 ROWS = [
     ("plain_row", ["1001,10,1700000000,view,1.0,plain_row"], None, stored(1001, 10, ts="2023-11-14 22:13:20")),
     ("padded_fields", [" 1002 , 11 , 1700000000 , view , 2 ,padded_fields"], None, stored(1002, 11, weight=2.0)),
     ("uppercase_event_type", ["1003,12,1700000000,PURCHASE,1,uppercase_event_type"], None, stored(1003, 12, "purchase")),
-    ("quoted_newline", ['1004,13,1700000000,view,1,"quoted_newline\nsecond line"'], None, stored(1004, 13)),
+    ("quoted_newline", ['1004,13,1700000000,view,1,"quoted_newline\nsecond line"'], "second line", stored(1004, 13)),
     ("quoted_delimiter", ['1005,14,1700000000,view,1,"quoted_delimiter, with a comma"'], None, stored(1005, 14)),
     ("fractional_epoch", ["1006,15,1700000000.5,view,1,fractional_epoch"], None,
      stored(1006, 15, ts="2023-11-14 22:13:20.500000")),
@@ -164,6 +165,7 @@ def _check(lake, outcome: tuple, key: str, source_name: str | None = None) -> No
         if source_name is not None:
             assert r["source"].endswith(source_name)
         assert f"user {user}" not in quarantine, quarantine[f"user {user}"]
+        assert not [r for rs in quarantine.values() for r in rs if key in r["row_content"]]  # no piece of it either
     elif kind == "quarantined":
         rows = quarantine.get(key, [])
         assert [r["reason"] for r in rows] == [want]
