@@ -7,6 +7,7 @@ types are errors that name the offending key, so a typo in a nightly config fail
 from __future__ import annotations
 
 import tomllib
+from datetime import date
 from pathlib import Path
 from typing import Any, Literal
 
@@ -98,8 +99,14 @@ class IngestConfig(_Section):
     event_types: list[str] = Field(default_factory=lambda: list(DEFAULT_EVENT_TYPES))
     # Timestamps later than now + this tolerance are quarantined as "future timestamp".
     future_tolerance_minutes: int = Field(default=60, ge=0)
+    # Events before this UTC date are quarantined ("timestamp ... before ingest.min_event_date"): epoch 0, negative
+    # or a lost clock lands in 1970, not a real interaction. MovieLens starts in 1995; the sequence clock in 2000.
+    min_event_date: date = date(1990, 1, 1)
     mapping: ColumnMapping = Field(default_factory=ColumnMapping)
     csv_delimiter: str = ","
+    # Quoted CSV fields may span lines. Spark then reads each file whole in one task (no splitting of a large
+    # file); set false for huge single-line-record files to get split reads back.
+    csv_multiline: bool = True
 
 
 class SyntheticConfig(_Section):

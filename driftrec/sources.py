@@ -7,11 +7,17 @@ instead of vanishing into a null at read time. Each reader returns columns
 
 Supported: MovieLens ml-latest(-small)/ml-20m/ml-25m CSV, ml-100k ``u.data``/``u.item``, ml-1m/ml-10m ``.dat``,
 and generic CSV/Parquet event files with a :class:`~driftrec.config.ColumnMapping`.
+
+A generic CSV directory is read file by file header: Spark would take the first file's header and apply it by
+position to every other file, so a file with its columns in another order would land with user and item swapped.
+Files sharing a header are read together; the groups are joined by column name.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from functools import reduce
 from pathlib import Path
 
 from pyspark.sql import Column, DataFrame, SparkSession
@@ -26,6 +32,22 @@ ITEM_FIELDS = ("item_id", "title", "categories", "text")
 
 class MissingColumnError(ValueError):
     """A source file lacks a required column; raised before anything is written."""
+
+
+class EmptySourceError(FileNotFoundError):
+    """A source path holds no readable file; raised before anything is written."""
+
+
+class SourceReadError(RuntimeError):
+    """A source file cannot be read (corrupt, truncated, clashing schemas); raised before anything is written."""
+
+
+def spark_error_line(e: Exception) -> str:
+    """The line of a Spark/Py4J error that says what failed (Spark's names the file), not the JVM stack under it."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip() and not ln.strip().startswith("at ")]
+    classed = [ln for ln in lines if re.search(r"\[[A-Z_]+(\.[A-Z_]+)*\]", ln)]  # [FAILED_READ_FILE.NO_HINT] ...
+    telling = [ln for ln in lines if "file" in ln.lower()]
+    return (classed or telling or lines or [type(e).__name__])[0][:600]
 
 
 @dataclass(frozen=True)
@@ -55,13 +77,62 @@ def _with_provenance(df: DataFrame, original_cols: list[str]) -> DataFrame:
 
 
 def _read_delimited(
-    spark: SparkSession, path: str, sep: str, names: list[str] | None, encoding: str = "UTF-8"
+    spark: SparkSession,
+    path: str | list[str],
+    sep: str,
+    names: list[str] | None,
+    encoding: str = "UTF-8",
+    *,
+    header: bool | None = None,
+    multiline: bool = False,
 ) -> DataFrame:
-    reader = spark.read.option("sep", sep).option("encoding", encoding).option("mode", "PERMISSIVE")
+    """Every field a string. ``names`` are the columns: of a headerless file, or with ``header`` the header the files
+    are known to share (their first line is skipped, nothing inferred)."""
+    header = names is None if header is None else header
+    reader = (
+        spark.read.option("sep", sep)
+        .option("encoding", encoding)
+        .option("mode", "PERMISSIVE")
+        .option("multiLine", multiline)
+        .option("header", header)
+    )
     if names is None:
-        return reader.option("header", True).csv(path)
+        return reader.csv(path)
     schema = T.StructType([T.StructField(n, T.StringType()) for n in names])
-    return reader.option("header", False).schema(schema).csv(path)
+    return reader.schema(schema).csv(path)
+
+
+def _glob_escaped(path: str) -> str:
+    """A listed file name taken literally when handed back to a reader (which would expand ``[``, ``*``, ...)."""
+    return re.sub(r"([\\{}\[\]*?])", r"\\\1", path)
+
+
+def list_files(spark: SparkSession, path: str) -> list[str]:
+    """The data files Spark would read under ``path`` (a file, directory or glob; hidden files skipped), sorted.
+
+    Lists through Spark's own file index (``binaryFile`` without its content column reads no bytes), so a local
+    path and an object-store URI resolve alike."""
+    rows = spark.read.format("binaryFile").load(path).select("path").collect()
+    files = sorted(r["path"] for r in rows)
+    if not files:
+        raise EmptySourceError(f"{path}: no files to read")
+    return files
+
+
+def _csv_by_header(spark: SparkSession, path: str, sep: str, multiline: bool) -> list[tuple[str, DataFrame]]:
+    """One frame per distinct header under ``path``, each read with its files' own header: ``(label, frame)``."""
+    files = list_files(spark, path)
+    groups: dict[tuple[str, ...], list[str]] = {}
+    for f in files:
+        cols = _read_delimited(spark, _glob_escaped(f), sep, None, multiline=multiline).columns
+        groups.setdefault(tuple(cols), []).append(f)
+    return [
+        (
+            fs[0] if len(fs) == 1 else f"{path} ({len(fs)} files with header {list(cols)})",
+            _read_delimited(spark, [_glob_escaped(f) for f in fs], sep, list(cols), header=True, multiline=multiline),
+        )
+        for cols, fs in groups.items()
+    ]
 
 
 def _events_frame(
@@ -118,18 +189,18 @@ def detect_movielens_layout(directory: str | Path) -> str:
     )
 
 
-def read_movielens(spark: SparkSession, directory: str | Path) -> list[RawSource]:
+def read_movielens(spark: SparkSession, directory: str | Path, multiline: bool = True) -> list[RawSource]:
     """Events (ratings, weight = rating) and the catalogue (title, genres, tags as text) of a MovieLens release."""
     d = Path(directory).resolve()
     layout = detect_movielens_layout(d)
     rating = F.lit("rating")
     if layout == "csv":
         r_path, m_path, t_path = str(d / "ratings.csv"), str(d / "movies.csv"), d / "tags.csv"
-        ratings = _read_delimited(spark, r_path, ",", None)
+        ratings = _read_delimited(spark, r_path, ",", None, multiline=multiline)
         _require(ratings, ["userId", "movieId", "rating", "timestamp"], r_path)
-        movies = _read_delimited(spark, m_path, ",", None)
+        movies = _read_delimited(spark, m_path, ",", None, multiline=multiline)
         _require(movies, ["movieId", "title", "genres"], m_path)
-        tags = _read_delimited(spark, str(t_path), ",", None) if t_path.is_file() else None
+        tags = _read_delimited(spark, str(t_path), ",", None, multiline=multiline) if t_path.is_file() else None
         if tags is not None:
             _require(tags, ["movieId", "tag"], str(t_path))
         user_field = "userId"
@@ -186,32 +257,55 @@ def _ml100k_genres(d: Path) -> list[str]:
     ]  # fmt: skip
 
 
-def _read_generic(spark: SparkSession, path: str, fmt: str, delimiter: str) -> DataFrame:
+def _read_generic(
+    spark: SparkSession, path: str, fmt: str, delimiter: str, multiline: bool
+) -> list[tuple[str, DataFrame]]:
+    """``(label, frame)`` per group of files read alike: Parquet resolves columns by name itself (with every file's
+    footer merged, so a column the first file lacks is not dropped); CSV is grouped by header."""
     if fmt == "parquet":
-        return spark.read.parquet(path)
+        try:
+            return [(path, spark.read.option("mergeSchema", True).parquet(path))]
+        except Exception as e:  # a footer that cannot be read, schemas that cannot be merged; not a missing path
+            if "PATH_NOT_FOUND" in str(e):
+                raise
+            raise SourceReadError(f"{path}: cannot read the Parquet files' schemas: {spark_error_line(e)}") from e
     if fmt == "csv":
-        return _read_delimited(spark, path, delimiter, None)
+        return _csv_by_header(spark, path, delimiter, multiline)
     raise ValueError(f"unsupported source format {fmt!r}; use csv or parquet")
 
 
+def _union(frames: list[DataFrame]) -> DataFrame:
+    return reduce(lambda a, b: a.unionByName(b), frames)
+
+
 def read_generic_events(
-    spark: SparkSession, path: str, fmt: str, mapping: ColumnMapping, delimiter: str = ","
+    spark: SparkSession, path: str, fmt: str, mapping: ColumnMapping, delimiter: str = ",", multiline: bool = True
 ) -> RawSource:
-    """Events from any CSV/Parquet file(s) whose columns the mapping names."""
-    df = _read_generic(spark, path, fmt, delimiter)
+    """Events from any CSV/Parquet file(s) whose columns the mapping names; every file must carry them all."""
     required = [mapping.user_id, mapping.item_id, mapping.timestamp]
     required += [c for c in (mapping.event_type, mapping.weight) if c is not None]
-    _require(df, required, path)
     etype = F.col(f"`{mapping.event_type}`") if mapping.event_type else F.lit(mapping.default_event_type)
     weight = F.col(f"`{mapping.weight}`") if mapping.weight else F.lit(mapping.default_weight)
-    frame = _events_frame(df, mapping.user_id, mapping.item_id, mapping.timestamp, etype, weight, path)
-    return RawSource("events", frame, path, mapping.timestamp_format, user_field=mapping.user_id)
+    frames = []
+    for label, df in _read_generic(spark, path, fmt, delimiter, multiline):
+        _require(df, required, label)
+        frames.append(_events_frame(df, mapping.user_id, mapping.item_id, mapping.timestamp, etype, weight, path))
+    return RawSource("events", _union(frames), path, mapping.timestamp_format, user_field=mapping.user_id)
 
 
-def read_generic_items(spark: SparkSession, path: str, fmt: str, delimiter: str = ",") -> RawSource:
+def read_generic_items(
+    spark: SparkSession, path: str, fmt: str, delimiter: str = ",", multiline: bool = True
+) -> RawSource:
     """A catalogue file with ``item_id`` and optional ``title``, ``categories`` (list or ``|``-separated), ``text``."""
-    df = _read_generic(spark, path, fmt, delimiter)
-    _require(df, ["item_id"], path)
+    frames = []
+    for label, df in _read_generic(spark, path, fmt, delimiter, multiline):
+        _require(df, ["item_id"], label)
+        frames.append(_items_frame(df, "item_id", *_item_fields(df)))
+    return RawSource("items", _union(frames), path)
+
+
+def _item_fields(df: DataFrame) -> tuple[Column, Column, Column]:
+    """(title, categories, text) of a catalogue frame; an absent optional column is empty."""
     title = F.col("title").cast("string") if "title" in df.columns else F.lit(None).cast("string")
     text = F.col("text").cast("string") if "text" in df.columns else F.lit(None).cast("string")
     if "categories" not in df.columns:
@@ -220,4 +314,4 @@ def read_generic_items(spark: SparkSession, path: str, fmt: str, delimiter: str 
         cats = F.col("categories").cast("array<string>")
     else:
         cats = _split_genres(F.col("categories").cast("string"))
-    return RawSource("items", _items_frame(df, "item_id", title, cats, text), path)
+    return title, cats, text

@@ -5,7 +5,7 @@ Pure DataFrame transforms: no I/O, the clock is a parameter, so the rules are te
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime, time
 
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
@@ -21,11 +21,19 @@ def _is_blank(c: Column) -> Column:
 
 
 def _id_check(raw: Column, name: str) -> tuple[Column, Column]:
-    parsed = F.trim(raw).try_cast("bigint")
+    """(the id as bigint, the reason it is rejected or null). Each reason quotes the raw text as ``{name} '...'``
+    (pseudonymisation finds it there), and says what is wrong: ``1.0`` is a number but not an integer id."""
+    text = F.trim(raw)
+    parsed = text.try_cast("bigint")
+    number = text.try_cast("double")
+    quoted = F.concat(F.lit(f"{name} '"), raw, F.lit("'"))
     reason = (
         F.when(_is_blank(raw), F.lit(f"missing {name}"))
-        .when(parsed.isNull(), F.concat(F.lit(f"non-numeric {name} '"), raw, F.lit("'")))
-        .when(parsed < 0, F.concat(F.lit(f"negative {name} '"), raw, F.lit("'")))
+        .when(parsed.isNotNull() & (parsed < 0), F.concat(F.lit("negative "), quoted))
+        .when(parsed.isNotNull(), None)
+        .when(text.rlike(r"^[+-]?[0-9]+$"), F.concat(F.lit("out-of-range "), quoted, F.lit(" (over 64 bits)")))
+        .when(~F.isnan(number) & ~number.isin(float("inf"), float("-inf")), F.concat(F.lit("non-integer "), quoted))
+        .otherwise(F.concat(F.lit("non-numeric "), quoted))
     )
     return parsed, reason
 
@@ -54,18 +62,44 @@ def _first_reason(*reasons: Column) -> Column:
 
 
 def validate_events(
-    raw: DataFrame, *, event_types: list[str], timestamp_format: str, now: datetime, future_tolerance_s: int
+    raw: DataFrame,
+    *,
+    event_types: list[str],
+    timestamp_format: str,
+    now: datetime,
+    future_tolerance_s: int,
+    min_date: date | None = None,
 ) -> tuple[DataFrame, DataFrame]:
-    """Return (valid events in the EVENTS shape minus ingest metadata, quarantined rows with ``reason``)."""
+    """Return (valid events in the EVENTS shape minus ingest metadata, quarantined rows with ``reason``).
+
+    Events before ``min_date`` (UTC) are quarantined: a timestamp of 0 or below is a missing clock, not 1970."""
     user, user_reason = _id_check(F.col("user_id"), "user_id")
     item, item_reason = _id_check(F.col("item_id"), "item_id")
     ts = parse_timestamp(F.col("timestamp"), timestamp_format)
+    # A number the epoch clock cannot place (milliseconds read as seconds, say) is out of range, not unparsable.
+    number = F.trim(F.col("timestamp")).try_cast("double")
+    epoch_number = F.lit(timestamp_format.startswith("epoch")) & number.isNotNull() & ~F.isnan(number)
     limit = F.lit(now).cast("timestamp") + F.expr(f"INTERVAL {int(future_tolerance_s)} SECONDS")
     ts_reason = (
         F.when(_is_blank(F.col("timestamp")), F.lit("missing timestamp"))
+        .when(
+            ts.isNull() & epoch_number,
+            F.concat(F.lit("out-of-range timestamp '"), F.col("timestamp"), F.lit(f"' for {timestamp_format}")),
+        )
         .when(ts.isNull(), F.concat(F.lit("unparsable timestamp '"), F.col("timestamp"), F.lit("'")))
         .when(ts > limit, F.concat(F.lit("future timestamp "), ts.cast("string")))
     )
+    if min_date is not None:
+        ts_reason = ts_reason.when(
+            ts < F.lit(datetime.combine(min_date, time())).cast("timestamp"),
+            F.concat(
+                F.lit("timestamp "),
+                ts.cast("string"),
+                F.lit(" ('"),
+                F.col("timestamp"),
+                F.lit(f"') before ingest.min_event_date {min_date.isoformat()}"),
+            ),
+        )
     weight = F.trim(F.col("weight")).try_cast("double")
     weight_reason = (
         F.when(_is_blank(F.col("weight")), F.lit("missing weight"))
@@ -75,9 +109,9 @@ def validate_events(
         .when(weight < 0, F.concat(F.lit("negative weight "), weight.cast("string")))
     )
     etype = F.lower(F.trim(F.col("event_type")))
-    type_reason = F.when(
-        etype.isNull() | ~etype.isin(*[t.lower() for t in event_types]),
-        F.concat(F.lit("unknown event type '"), F.coalesce(F.col("event_type"), F.lit("<null>")), F.lit("'")),
+    type_reason = F.when(_is_blank(F.col("event_type")), F.lit("missing event_type")).when(
+        ~etype.isin(*[t.lower() for t in event_types]),
+        F.concat(F.lit("unknown event type '"), F.col("event_type"), F.lit("'")),
     )
     checked = raw.select(
         user.alias("user_id"),

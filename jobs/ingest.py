@@ -1,8 +1,9 @@
 """Ingest job: source files -> ``events``, ``items`` and ``quarantine`` Delta tables.
 
 Idempotent by construction: events MERGE on a content key (user, item, type, timestamp), items on item_id,
-quarantine rows on a hash of source, row and reason, so loading the same file twice adds nothing. Every source is
-read and its columns checked before the first write, so a malformed file leaves the lakehouse untouched.
+quarantine rows on a hash of source, row and reason, so loading the same file twice adds nothing. Every source's
+columns are checked, and every byte of every source read (and cached), before the first write: a missing column
+or an unreadable file (a truncated Parquet file, say) fails the run naming it and leaves every table as it was.
 
 With ``privacy.pseudonymise_users`` user ids are replaced by keyed pseudonyms (:mod:`driftrec.pseudonym`) before
 the event key is derived, and in quarantined rows too; a missing key fails the run before its first write.
@@ -27,7 +28,14 @@ from driftrec import lakehouse, privacy, sqltext
 from driftrec.config import Config
 from driftrec.jobargs import base_parser, config_from_args
 from driftrec.pseudonym import key_from_env, pseudonymise_quarantine, pseudonymise_raw_events
-from driftrec.sources import RawSource, read_generic_events, read_generic_items, read_movielens
+from driftrec.sources import (
+    RawSource,
+    SourceReadError,
+    read_generic_events,
+    read_generic_items,
+    read_movielens,
+    spark_error_line,
+)
 from driftrec.spark import build_spark
 from driftrec.tables import EVENTS, INGEST_LOG, ITEMS, QUARANTINE
 from driftrec.validation import dedupe_events, dedupe_items, validate_events, validate_items
@@ -88,11 +96,11 @@ class IngestJob:
         ic = self.conf.ingest
         sources: list[RawSource] = []
         if movielens:
-            sources += read_movielens(self.spark, movielens)
+            sources += read_movielens(self.spark, movielens, ic.csv_multiline)
         for path in events or []:
-            sources.append(read_generic_events(self.spark, path, fmt, ic.mapping, ic.csv_delimiter))
+            sources.append(read_generic_events(self.spark, path, fmt, ic.mapping, ic.csv_delimiter, ic.csv_multiline))
         for path in items or []:
-            sources.append(read_generic_items(self.spark, path, fmt, ic.csv_delimiter))
+            sources.append(read_generic_items(self.spark, path, fmt, ic.csv_delimiter, ic.csv_multiline))
         if not sources:
             raise ValueError("nothing to ingest: pass --movielens DIR, --events PATH or --items PATH")
         return sources
@@ -104,36 +112,58 @@ class IngestJob:
             unnamed = [s.path for s in sources if s.target == "events" and not s.user_field]
             if unnamed:
                 raise ValueError(f"cannot pseudonymise {unnamed}: the source does not name its user id field")
+        loaded = self._read_all(sources, key)
         lakehouse.ensure_tables(self.spark, self.conf, (EVENTS, ITEMS, QUARANTINE, INGEST_LOG))
         if any(s.target == "events" for s in sources):  # raw or pseudonymised ids: recorded (or refused) first
             privacy.record_ingest(self.spark, self.conf, pseudonymised=key is not None)
         report = IngestReport(run_id=uuid.uuid4().hex[:12])
-        for src in sources:
-            rep = self._load_events(src, key) if src.target == "events" else self._load_items(src)
+        for src, raw, n in loaded:
+            rep = self._load_events(src, raw, n, key) if src.target == "events" else self._load_items(src, raw, n)
             log.info("%s", rep)
             report.sources.append(rep)
+            raw.unpersist()
         self._log(report)
         return report
+
+    def _read_all(self, sources: list[RawSource], key: bytes | None) -> list[tuple[RawSource, DataFrame, int]]:
+        """Every source read to the end and cached, before any write: (source, raw frame, rows read).
+
+        Spark reads lazily, so without this a file that breaks mid-read fails the run after earlier sources were
+        committed. The writes then read the cache, not the files."""
+        loaded: list[tuple[RawSource, DataFrame, int]] = []
+        for src in sources:
+            frame = src.frame if key is None or src.target != "events" else pseudonymise_raw_events(src.frame, key)
+            raw = frame.persist()
+            try:
+                n = raw.count()
+            except Exception as e:  # a Py4J or captured Spark error: the reader's own message names the file
+                for _, cached, _ in [*loaded, (src, raw, 0)]:
+                    cached.unpersist()
+                raise SourceReadError(
+                    f"{src.target} source {src.path} could not be read, so nothing was written: {spark_error_line(e)}"
+                ) from e
+            loaded.append((src, raw, n))
+        return loaded
 
     # -- loading ------------------------------------------------------------------------------------------------
     def _stamp(self, df: DataFrame) -> DataFrame:
         return df.withColumn("ingested_at", F.lit(self.now).cast("timestamp"))
 
-    def _load_events(self, src: RawSource, key: bytes | None = None) -> SourceReport:
+    def _load_events(self, src: RawSource, raw: DataFrame, rows_read: int, key: bytes | None = None) -> SourceReport:
         ic = self.conf.ingest
-        # Pseudonyms replace user ids before validation, so event_id (the dedup key) is derived from them.
-        raw = (src.frame if key is None else pseudonymise_raw_events(src.frame, key)).persist()
+        # ``raw`` carries pseudonyms already (see _read_all), so event_id (the dedup key) is derived from them.
         valid, bad = validate_events(
             raw,
             event_types=ic.event_types,
             timestamp_format=src.timestamp_format,
             now=self.now,
             future_tolerance_s=ic.future_tolerance_minutes * 60,
+            min_date=ic.min_event_date,
         )
         if key is not None:
             bad = pseudonymise_quarantine(bad, key, src.user_field)
         valid = valid.persist()
-        rep = SourceReport("events", src.path, rows_read=raw.count(), rows_valid=valid.count())
+        rep = SourceReport("events", src.path, rows_read=rows_read, rows_valid=valid.count())
         unique = dedupe_events(valid)
         rep.rows_duplicate = rep.rows_valid - unique.count()
         dates = [r["event_date"] for r in unique.select("event_date").distinct().collect()]
@@ -148,15 +178,13 @@ class IngestJob:
             )
             rep.rows_inserted, rep.rows_updated = merged.inserted, merged.updated
         rep.rows_quarantined = self._quarantine(bad)
-        raw.unpersist()
         valid.unpersist()
         return rep
 
-    def _load_items(self, src: RawSource) -> SourceReport:
-        raw = src.frame.persist()
+    def _load_items(self, src: RawSource, raw: DataFrame, rows_read: int) -> SourceReport:
         valid, bad = validate_items(raw)
         valid = valid.persist()
-        rep = SourceReport("items", src.path, rows_read=raw.count(), rows_valid=valid.count())
+        rep = SourceReport("items", src.path, rows_read=rows_read, rows_valid=valid.count())
         unique = dedupe_items(valid)
         rep.rows_duplicate = rep.rows_valid - unique.count()
         merged = lakehouse.merge_upsert(
@@ -168,7 +196,6 @@ class IngestJob:
         )
         rep.rows_inserted, rep.rows_updated = merged.inserted, merged.updated
         rep.rows_quarantined = self._quarantine(bad)
-        raw.unpersist()
         valid.unpersist()
         return rep
 

@@ -10,8 +10,8 @@ import pytest
 from delta.tables import DeltaTable
 
 from driftrec import lakehouse
-from driftrec.sources import MissingColumnError
-from driftrec.tables import EVENTS, ITEMS, QUARANTINE
+from driftrec.sources import MissingColumnError, SourceReadError
+from driftrec.tables import EVENTS, INGEST_LOG, ITEMS, QUARANTINE
 from jobs.ingest import IngestJob
 from tests.conftest import ML_LATEST_SMALL, make_conf
 
@@ -168,6 +168,109 @@ def test_missing_column_fails_before_writing(spark, conf, tmp_path):
     after = {t: DeltaTable.forPath(spark, conf.table_path(t)).history(1).first()["version"] for t in ("events", "items", "quarantine")}
     assert after == before
     assert lakehouse.read_table(spark, conf, EVENTS).count() == 6
+
+
+def _versions(spark, conf) -> dict:
+    """Each ingest table's latest Delta version (None where the table does not exist yet)."""
+    return {
+        t.logical: DeltaTable.forPath(spark, conf.table_path(t.logical)).history(1).first()["version"]
+        if lakehouse.table_exists(spark, conf, t)
+        else None
+        for t in (EVENTS, ITEMS, QUARANTINE, INGEST_LOG)
+    }
+
+
+def test_csv_directory_reads_each_file_by_its_own_header(spark, conf, tmp_path):
+    """Issue 20 item 2: a file whose columns come in another order is not read by the first file's header."""
+    d = tmp_path / "events"
+    _write(d / "a.csv", "user_id,item_id,timestamp,event_type,weight\n1,100,1700000000,view,1\n")
+    _write(d / "c.csv", "item_id,user_id,weight,event_type,timestamp\n200,2,3.5,click,1700000100\n")
+    _write(d / "b.csv", "user_id,item_id,timestamp,event_type,weight\n3,300,1700000200,view,2\n")  # a's group
+    job = IngestJob(spark, conf, now=NOW)
+    report = job.run(job.plan(events=[str(d)]))
+    assert report.total("rows_quarantined") == 0
+    got = sorted((r["user_id"], r["item_id"], r["event_type"], r["weight"], r["source"].rsplit("/", 1)[-1])
+                 for r in lakehouse.read_table(spark, conf, EVENTS).collect())
+    assert got == [(1, 100, "view", 1.0, "a.csv"), (2, 200, "click", 3.5, "c.csv"), (3, 300, "view", 2.0, "b.csv")]
+
+    # A file of the directory lacking a required column is named, before anything is written.
+    _write(d / "d.csv", "user_id,item_id,timestamp,event_type\n4,400,1700000300,view\n")
+    before = _versions(spark, conf)
+    with pytest.raises(MissingColumnError, match=r"d\.csv.*\['weight'\]"):
+        job.run(job.plan(events=[str(d)]))
+    assert _versions(spark, conf) == before
+
+
+def _parquet_events(path: Path, users: list[int]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(
+        {
+            "user_id": [str(u) for u in users],
+            "item_id": [str(10 + i) for i in range(len(users))],
+            "timestamp": [str(1700000000 + i) for i in range(len(users))],
+            "event_type": ["view"] * len(users),
+            "weight": ["1.0"] * len(users),
+        }
+    ).to_parquet(path, compression=None)
+    return path
+
+
+@pytest.mark.parametrize("damage", ["truncated", "corrupt_pages"])
+def test_unreadable_source_fails_before_any_write(spark, conf, tmp_path, damage):
+    """Issue 20 item 6: a good source then a directory with a damaged file: no table changes, the file is named."""
+    good = _parquet_events(tmp_path / "good.parquet", [1, 2])
+    d = tmp_path / "dir"
+    _parquet_events(d / "a_ok.parquet", [3])
+    bad = _parquet_events(d / "b_bad.parquet", list(range(100, 2100)))
+    data = bad.read_bytes()
+    if damage == "truncated":
+        bad.write_bytes(data[: len(data) - 40])  # the footer is cut: no Parquet magic at the tail
+    else:
+        bad.write_bytes(data[:4] + b"\xff" * 2000 + data[2004:])  # the first page headers garbage, the footer intact
+    job = IngestJob(spark, conf, now=NOW)
+    with pytest.raises(SourceReadError, match=r"b_bad\.parquet"):
+        job.run(job.plan(events=[str(good), str(d)], fmt="parquet"))
+    assert set(_versions(spark, conf).values()) == {None}  # not even an empty table was created
+
+    # With the damaged file gone the same run loads both sources and logs them.
+    bad.unlink()
+    report = job.run(job.plan(events=[str(good), str(d)], fmt="parquet"))
+    assert report.total("rows_inserted") == 3
+    assert lakehouse.read_table(spark, conf, INGEST_LOG).count() == 2
+
+
+def test_epoch_floor_multiline_fields_and_exact_reasons(spark, conf, tmp_path):
+    """Issue 20 item 7: 1970 timestamps quarantined, a quoted newline is one row, reasons say what is wrong."""
+    src = _write(
+        tmp_path / "e.csv",
+        "user_id,item_id,timestamp,event_type,weight,note\n"
+        '1,10,1700000000,view,1,"first line\nsecond line"\n'
+        "2,10,0,view,1,zero\n"
+        "3,10,-86400,view,1,negative\n"
+        "1.0,10,1700000000,view,1,decimal id\n"
+        "4,99999999999999999999,1700000000,view,1,overflow\n"
+        "5,10,1700000000000,view,1,milliseconds\n"
+        "6,10,1700000000,,1,no type\n"
+        "7,10,631152000,view,1,1990-01-01 exactly\n",
+    )
+    job = IngestJob(spark, conf, now=NOW)
+    report = job.run(job.plan(events=[str(src)]))
+    assert report.total("rows_read") == 8
+    assert sorted(r["user_id"] for r in lakehouse.read_table(spark, conf, EVENTS).collect()) == [1, 7]
+    reasons = {r["reason"] for r in lakehouse.read_table(spark, conf, QUARANTINE).collect()}
+    assert reasons == {
+        "timestamp 1970-01-01 00:00:00 ('0') before ingest.min_event_date 1990-01-01",
+        "timestamp 1969-12-31 00:00:00 ('-86400') before ingest.min_event_date 1990-01-01",
+        "non-integer user_id '1.0'",
+        "out-of-range item_id '99999999999999999999' (over 64 bits)",
+        "out-of-range timestamp '1700000000000' for epoch_s",
+        "missing event_type",
+    }
+    # The floor is configurable.
+    early = make_conf(tmp_path / "lh_early", "ingest.min_event_date=1969-01-01")
+    ejob = IngestJob(spark, early, now=NOW)
+    ejob.run(ejob.plan(events=[str(src)]))
+    assert sorted(r["user_id"] for r in lakehouse.read_table(spark, early, EVENTS).collect()) == [1, 2, 3, 7]
 
 
 def test_other_movielens_layouts_and_sequence_clock(spark, conf, tmp_path):
