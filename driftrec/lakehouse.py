@@ -506,6 +506,47 @@ def restore_version(spark: SparkSession, conf: Config, spec: TableSpec, version:
         table.restoreToVersion(version)
 
 
+# A version a table is "restored" to by emptying it: the state before its first commit, which needs no files.
+EMPTY_VERSION = -1
+
+
+def restore_problem(spark: SparkSession, conf: Config, spec: TableSpec, version: int) -> str | None:
+    """Why :func:`restore_version` to ``version`` would fail, or ``None`` when it can run.
+
+    Delta's RESTORE needs every data file of the target version; VACUUM (e.g. after a forget-user) may have deleted
+    some. Checked without changing anything, so a caller restoring several tables can check them all first: the
+    version's file list from the Delta log (a failure to read it, e.g. a cleaned-up log, is a problem too), then
+    each file's existence on storage.
+    """
+    if version == EMPTY_VERSION:
+        return None
+    try:
+        files = read_table_at(spark, conf, spec, version).inputFiles()
+    except Exception as e:  # noqa: BLE001 - any reason the version cannot be read is a reason not to restore it
+        return f"{spec.logical} v{version} cannot be read: {type(e).__name__}: {str(e).splitlines()[0][:300]}"
+    path_class = spark._jvm.org.apache.hadoop.fs.Path
+    hadoop_conf = spark._jsparkSession.sessionState().newHadoopConf()
+    fs = None
+    missing = []
+    for f in files:
+        p = path_class(f)
+        fs = fs or p.getFileSystem(hadoop_conf)
+        if not fs.exists(p):
+            missing.append(f)
+    if missing:
+        return (f"{spec.logical} v{version}: {len(missing)} of its {len(files)} data files are gone from storage "
+                f"(vacuumed), e.g. {missing[0]}")
+    return None
+
+
+def restore_to(spark: SparkSession, conf: Config, spec: TableSpec, version: int) -> None:
+    """:func:`restore_version`, where :data:`EMPTY_VERSION` empties the table (one commit, no files needed)."""
+    if version == EMPTY_VERSION:
+        replace_where(spark, conf, spec, spark.createDataFrame([], spec.schema), "true", metrics=False)
+    else:
+        restore_version(spark, conf, spec, version)
+
+
 def _commit_metrics_since(table: DeltaTable, version: int, operation: str) -> dict | None:
     """Operation metrics of the first ``operation`` commit after ``version``; ``None`` when there is none."""
     rows = (

@@ -102,6 +102,25 @@ def latest_status(spark: SparkSession, conf: Config, dates: list[dt.date]) -> di
     return {k: v[1] for k, v in latest.items()}
 
 
+def served_version(spark: SparkSession, conf: Config, ds: dt.date) -> int | None:
+    """The model version that served night ``ds``: its latest succeeded ``topk`` attempt's, else (top-k never ran
+    for it) its latest succeeded ``train`` attempt's; ``None`` for a night no stage recorded a model for."""
+    if not lakehouse.table_exists(spark, conf, PIPELINE_RUNS):
+        return None
+    rows = (
+        lakehouse.read_table(spark, conf, PIPELINE_RUNS)
+        .where((F.col("ds") == F.lit(ds)) & (F.col("status") == SUCCEEDED) & F.col("stage").isin("topk", "train")
+               & F.col("model_version").isNotNull())
+        .select("stage", "model_version", "started_at")
+        .collect()
+    )
+    for stage in ("topk", "train"):
+        mine = [r for r in rows if r["stage"] == stage]
+        if mine:
+            return int(max(mine, key=lambda r: r["started_at"])["model_version"])
+    return None
+
+
 def attempt(spark: SparkSession, conf: Config, run_id: str, ds: dt.date, stage: str,
             work: Callable[[], StageResult]) -> StageRecord:
     """Run ``work`` as one recorded attempt. Its exception is recorded and returned on the record, not raised:

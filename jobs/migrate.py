@@ -6,8 +6,9 @@ at their versions before the batch, stages each night's changes in memory (:mod:
 commits once per table at the end. ``migration_runs`` is the watermark: it logs each batch's nights with the table
 versions before it, as 'started' before the commits and 'finished' after them. Rerunning a processed night restores
 the versions before its batch and recomputes from the batch's first night, which gives exactly the same tables; a
-batch interrupted between 'started' and 'finished' is rolled back the same way by the next run. Needs those versions
-not vacuumed away.
+batch interrupted between 'started' and 'finished' is rolled back the same way by the next run. A rewind whose
+versions were vacuumed away (some table cannot be restored) touches no table: it recomputes the state before the
+night from the stored events with the one-pass rebuild instead (:meth:`MigrationJob._rewind`).
 
 Under spark-submit::
 
@@ -110,7 +111,7 @@ class MigrationJob:
     def _log_rows(self) -> list:
         """The batch log: two rows per processed night, so it grows with nights, never with users or events.
 
-        Read once per table version: a write by this job (:meth:`_log_batch`, :meth:`_restore`) or anyone else moves
+        Read once per table version: a write by this job (:meth:`_log_batch`, :meth:`_rewind`) or anyone else moves
         the version, and checking it is a listing, not a query."""
         spark, conf = self.spark, self.conf
         version = lakehouse.table_versions(spark, conf, (MIGRATION_RUNS,), missing_ok=True)[MIGRATION_RUNS.logical]
@@ -161,12 +162,71 @@ class MigrationJob:
         return sorted({r["ds"] for r in self._log_rows() if r["status"] == FINISHED})
 
     @jobstats.grouped("migrate:restore")
-    def _restore(self, versions: dict[str, int]) -> None:
-        current = lakehouse.table_versions(self.spark, self.conf, VERSIONED, missing_ok=True)
-        for spec in VERSIONED:
-            version = versions.get(spec.logical)
-            if version is not None and current[spec.logical] != int(version):
-                lakehouse.restore_version(self.spark, self.conf, spec, int(version))
+    def _rewind(self, versions: dict[str, int], start: dt.date) -> None:
+        """Put every migration table back to ``versions``, the state before night ``start``: all tables or none.
+
+        Every table is checked before any is touched (:func:`lakehouse.restore_problem`: Delta's RESTORE needs the
+        version's files, and a VACUUM, e.g. forget-user's, may have deleted them). When one cannot be restored,
+        nothing is restored and the state before ``start`` is recomputed from the stored events instead
+        (:meth:`_recompute_before`); so is it when a restore fails after the check. A 'started' rewind row guards
+        the restores: ``migration_runs`` is restored last, which drops the row, so a run killed in between leaves
+        it and the next run finishes the rewind instead of trusting a log that still says the nights are done.
+        """
+        spark, conf = self.spark, self.conf
+        before = lakehouse.table_versions(spark, conf, VERSIONED, missing_ok=True)
+        todo = {spec.logical: int(v) for spec in VERSIONED
+                if (v := versions.get(spec.logical)) is not None and before[spec.logical] != int(v)}
+        self._log_cache = None
+        if not todo:
+            return
+        problems = [problem for spec in VERSIONED if spec.logical in todo
+                    and (problem := lakehouse.restore_problem(spark, conf, spec, todo[spec.logical])) is not None]
+        if problems:
+            self._recompute_before(start, "; ".join(problems), before)
+            return
+        if MIGRATION_RUNS.logical in versions:
+            self._log_batch("rewind-" + uuid.uuid4().hex, [start], versions, STARTED)
+            todo[MIGRATION_RUNS.logical] = int(versions[MIGRATION_RUNS.logical])  # the guard row moved it
+        order = sorted(VERSIONED, key=lambda spec: spec.logical == MIGRATION_RUNS.logical)  # the log last
+        try:
+            for spec in order:
+                if spec.logical in todo:
+                    lakehouse.restore_to(spark, conf, spec, todo[spec.logical])
+        except Exception as e:  # noqa: BLE001 - some tables restored, some not: replace them all
+            self._recompute_before(start, f"a restore failed after the check: {type(e).__name__}: {e}", before)
+        self._log_cache = None
+
+    @jobstats.grouped("migrate:recompute")
+    def _recompute_before(self, start: dt.date, why: str, before: dict[str, int | None]) -> None:
+        """The state before night ``start`` from the stored events, when the tables cannot be rewound to it.
+
+        The one-pass rebuild through the night before ``start`` (:func:`driftrec.migration.bulk.build_state`)
+        replaces every migration table, and the log becomes that rebuild alone, so the nights from ``start`` on are
+        then computed like any others. The state may differ from the night-by-night one it replaces the way any
+        rebuild does (one fitted ``(a, b)``, the prior as of the cutoff), never by a table left behind; with no
+        events before ``start`` the state is empty. A 'started' row with the versions before this step (current
+        ones, so restorable) guards it: the next run rolls a killed recompute back to them and tries again.
+        """
+        from driftrec.migration.bulk import build_state
+
+        spark, conf = self.spark, self.conf
+        cutoff = start - dt.timedelta(days=1)
+        log.warning("cannot rewind the migration tables to before %s (%s): recomputing that state from the stored "
+                    "events instead (one-pass rebuild through %s), then the nights from %s", start, why, cutoff,
+                    start)
+        self._log_batch("reset-" + uuid.uuid4().hex, [start],
+                        {k: v for k, v in before.items() if v is not None}, STARTED)
+        history = (lakehouse.read_table(spark, conf, EVENTS).where(F.col("event_date") <= tr.date_lit(cutoff))
+                   if lakehouse.table_exists(spark, conf, EVENTS) else None)
+        built = None
+        if history is not None and history.limit(1).count():
+            built = build_state(spark, self.m, history, item_categories(spark, conf), cutoff)
+        self._write_state(built, cutoff)
+        log_df = (self._log_frame("rebuild-" + uuid.uuid4().hex, [cutoff],
+                                  {spec.logical: lakehouse.EMPTY_VERSION for spec in VERSIONED},
+                                  (STARTED, FINISHED), built.first_day)
+                  if built is not None else spark.createDataFrame([], MIGRATION_RUNS.schema))
+        lakehouse.replace_where(spark, conf, MIGRATION_RUNS, log_df, "true", metrics=False)  # drops the guard row
         self._log_cache = None
 
     def _prepare(self, start: dt.date) -> dt.date:
@@ -177,14 +237,16 @@ class MigrationJob:
         if broken:
             first = min(broken, key=lambda r: r["ds"])
             log.warning("the migration batch from %s was interrupted: restoring the tables to before it", first["ds"])
-            self._restore(first["state_versions"])
+            self._rewind(first["state_versions"], first["batch_start"])
+            if not first["batch_id"].startswith("rebuild-"):  # its nights (a rewind's: done ones) are to compute
+                start = min(start, first["ds"])
             rows = self._log_rows()
         later = [r for r in rows if r["status"] == FINISHED and r["ds"] >= start]
         if not later:
             return start
         first = min(later, key=lambda r: (r["batch_start"], r["ds"]))
         log.info("rewinding migration tables to before %s", first["batch_start"])
-        self._restore(first["state_versions"])
+        self._rewind(first["state_versions"], first["batch_start"])
         if first["batch_start"] < start:
             log.info("recomputing from %s: the nights %s..%s were committed in one batch",
                      first["batch_start"], first["batch_start"], start)
@@ -244,22 +306,7 @@ class MigrationJob:
         batch_id = "rebuild-" + uuid.uuid4().hex
         days = [cutoff]
         self._log_batch(batch_id, days, versions, STARTED, start=built.first_day)
-        run_concurrently(spark, [
-            functools.partial(lakehouse.replace_where, spark, conf, spec, df, "true", metrics=False)
-            for spec, df in (
-                (USER_TRANSITIONS, built.user_transitions), (CATEGORY_TRANSITIONS, built.category_transitions),
-                (ITEM_TRANSITION_COUNTS, built.item_transition_counts), (ITEM_TRANSITIONS, built.item_transitions),
-                (ITEM_POPULARITY, built.item_popularity), (USER_INTEREST, built.user_interest),
-                (USER_LAST_EVENT, built.user_last_event), (USER_DRIFT, built.user_drift),
-            )
-        ], conf.spark.write_threads)
-        params = spark.createDataFrame(
-            [(cutoff, built.a, built.b, built.method, built.log_likelihood, built.log_likelihood_default,
-              built.n_events, built.n_fit_events, built.n_users)],
-            "ds date, a double, b double, method string, log_likelihood double, log_likelihood_default double, "
-            "n_events long, n_fit_events double, n_users long",
-        ).withColumn("finished_at", F.current_timestamp())
-        lakehouse.replace_where(spark, conf, DRIFT_PARAMS, params, "true", metrics=False)
+        self._write_state(built, cutoff)
         self._log_batch(batch_id, days, versions, FINISHED, start=built.first_day)
         report = NightReport(cutoff, built.n_events, built.n_users, built.a, built.b, built.method,
                              built.log_likelihood)
@@ -305,16 +352,39 @@ class MigrationJob:
         self._log_batch(batch_id, done, versions, FINISHED)
         return reports
 
-    @jobstats.grouped("migrate:log")
-    def _log_batch(self, batch_id: str, days: list[dt.date], versions: dict[str, int], status: str,
-                   start: dt.date | None = None) -> None:
-        rows = [(d, batch_id, start or days[0], days[-1], status, versions) for d in days]
-        df = self.spark.createDataFrame(
+    def _write_state(self, built, cutoff: dt.date) -> None:
+        """Every state table and ``drift_params`` replaced by a one-pass state (``None``: emptied)."""
+        spark, conf = self.spark, self.conf
+        specs = (USER_TRANSITIONS, CATEGORY_TRANSITIONS, ITEM_TRANSITION_COUNTS, ITEM_TRANSITIONS, ITEM_POPULARITY,
+                 USER_INTEREST, USER_LAST_EVENT, USER_DRIFT)
+        frames = [(spec, getattr(built, spec.logical) if built is not None else spark.createDataFrame([], spec.schema))
+                  for spec in specs]
+        run_concurrently(spark, [
+            functools.partial(lakehouse.replace_where, spark, conf, spec, df, "true", metrics=False)
+            for spec, df in frames
+        ], conf.spark.write_threads)
+        schema = ("ds date, a double, b double, method string, log_likelihood double, log_likelihood_default double, "
+                  "n_events long, n_fit_events double, n_users long")
+        rows = [] if built is None else [(cutoff, built.a, built.b, built.method, built.log_likelihood,
+                                          built.log_likelihood_default, built.n_events, built.n_fit_events,
+                                          built.n_users)]
+        params = spark.createDataFrame(rows, schema).withColumn("finished_at", F.current_timestamp())
+        lakehouse.replace_where(spark, conf, DRIFT_PARAMS, params, "true", metrics=False)
+
+    def _log_frame(self, batch_id: str, days: list[dt.date], versions: dict[str, int], statuses: tuple[str, ...],
+                   start: dt.date | None = None) -> DataFrame:
+        rows = [(d, batch_id, start or days[0], days[-1], status, versions) for status in statuses for d in days]
+        return self.spark.createDataFrame(
             rows,
             "ds date, batch_id string, batch_start date, batch_end date, status string, "
             "state_versions map<string, bigint>",
         ).withColumn("logged_at", F.current_timestamp())
-        lakehouse.append(self.spark, self.conf, MIGRATION_RUNS, df)
+
+    @jobstats.grouped("migrate:log")
+    def _log_batch(self, batch_id: str, days: list[dt.date], versions: dict[str, int], status: str,
+                   start: dt.date | None = None) -> None:
+        lakehouse.append(self.spark, self.conf, MIGRATION_RUNS, self._log_frame(batch_id, days, versions, (status,),
+                                                                              start))
         self._log_cache = None
 
     # ---- one night -------------------------------------------------------------------------------------------

@@ -7,6 +7,9 @@ Every stage is idempotent on its own (see each job); this job adds the bookkeepi
   :mod:`driftrec.stage_runs` and each stage's own ``run_stage``: a stage launched on its own records the same row.
 - A rerun of a date skips the stages that already succeeded for it and resumes at the first one that did not;
   every stage after it runs again, since it reads what the resumed stage writes. ``force`` reruns all of them.
+- A forced rerun of a night that already served a model reproduces it: training keeps the version that served the
+  night (:func:`driftrec.stage_runs.served_version`) instead of training and promoting a new one, and top-k serves
+  that version. ``retrain`` trains (and may promote) a new model as a first run would.
 - One run per lakehouse at a time: :class:`driftrec.runlock.RunLock` (a flock on local roots, a one-commit Delta
   lock on others); a second run refuses, naming the owner. A lock whose owner process is gone is taken over (on
   other roots also one taken on another host longer than ``pipeline.lock_stale_hours`` ago), and the killed run's
@@ -111,7 +114,8 @@ class NightlyJob:
                 plan.append((ds, todo))
         return plan
 
-    def run(self, start: dt.date, end: dt.date | None = None, *, force: bool = False) -> NightlyReport:
+    def run(self, start: dt.date, end: dt.date | None = None, *, force: bool = False,
+            retrain: bool = False) -> NightlyReport:
         end = end or start
         if end < start:
             raise ValueError(f"empty date range: {start} > {end}")
@@ -125,8 +129,9 @@ class NightlyJob:
                 skipped = [s for s in self.conf.pipeline.stages if s not in todo]
                 if skipped:
                     self._say(f"{ds}: already succeeded, skipped: {', '.join(skipped)}")
+                kept = stage_runs.served_version(self.spark, self.conf, ds) if force and not retrain else None
                 for i, stage in enumerate(todo, 1):
-                    rec = self._run_stage(ds, stage, i, len(todo))
+                    rec = self._run_stage(ds, stage, i, len(todo), kept)
                     report.records.append(rec)
                     if rec.status == FAILED:
                         self._say(report.summary())
@@ -134,10 +139,24 @@ class NightlyJob:
         self._say(report.summary())
         return report
 
-    def _run_stage(self, ds: dt.date, stage: str, i: int, n: int) -> StageRecord:
+    def _work(self, ds: dt.date, stage: str, kept: int | None):
+        """The stage's work; with ``kept`` (the version that served ``ds`` before a forced rerun) training keeps it
+        instead of training a new model, and top-k serves it (:meth:`stage_conf`): the rerun reproduces the night."""
+        if kept is not None and stage == "train":
+            return lambda: StageResult(rows_out=0, model_version=kept, detail=(
+                f"kept model v{kept}, which served {ds}: a forced rerun reproduces the night (--retrain trains anew)"))
+        conf = self.stage_conf(stage, kept)
+        return lambda: STAGES[stage](self.spark, conf, ds)
+
+    def stage_conf(self, stage: str, kept: int | None) -> Config:
+        """The configuration a stage runs with: top-k pinned to ``kept`` unless ``topk.model_version`` names one."""
+        if kept is not None and stage == "topk" and self.conf.topk.model_version is None:
+            return self.conf.model_copy(update={"topk": self.conf.topk.model_copy(update={"model_version": kept})})
+        return self.conf
+
+    def _run_stage(self, ds: dt.date, stage: str, i: int, n: int, kept: int | None = None) -> StageRecord:
         self._say(f"\n=== {ds}  [{i}/{n}] {stage} ===")
-        rec = stage_runs.attempt(self.spark, self.conf, self.run_id, ds, stage,
-                                 lambda: STAGES[stage](self.spark, self.conf, ds))
+        rec = stage_runs.attempt(self.spark, self.conf, self.run_id, ds, stage, self._work(ds, stage, kept))
         if rec.status == FAILED:
             log.error("stage %s for %s failed:\n%s", stage, ds,
                       "".join(traceback.format_exception(rec.error)))
@@ -153,10 +172,15 @@ def add_arguments(parser) -> None:
     parser.add_argument("--date", type=parse_date, help="the night to run (YYYY-MM-DD)")
     parser.add_argument("--from", dest="start", type=parse_date, help="first night of a backfill")
     parser.add_argument("--to", dest="end", type=parse_date, help="last night of a backfill (inclusive)")
-    parser.add_argument("--force", action="store_true", help="rerun stages that already succeeded")
+    parser.add_argument("--force", action="store_true",
+                        help="rerun stages that already succeeded; a night keeps the model version that served it")
+    parser.add_argument("--retrain", action="store_true",
+                        help="with --force: train (and maybe promote) a new model instead of keeping the night's")
 
 
 def dates_from_args(args) -> tuple[dt.date, dt.date]:
+    if getattr(args, "retrain", False) and not args.force:
+        raise SystemExit("driftrec nightly: --retrain goes with --force (a first run of a night trains anyway)")
     if args.date is not None and args.start is None and args.end is None:
         return args.date, args.date
     if args.date is None and args.start is not None and args.end is not None:
@@ -167,7 +191,7 @@ def dates_from_args(args) -> tuple[dt.date, dt.date]:
 def run_from_args(spark: SparkSession, conf: Config, args) -> int:
     start, end = dates_from_args(args)
     try:
-        report = NightlyJob(spark, conf).run(start, end, force=args.force)
+        report = NightlyJob(spark, conf).run(start, end, force=args.force, retrain=args.retrain)
     except PipelineLocked as e:
         print(f"driftrec nightly: {e}", file=sys.stderr)
         return 3

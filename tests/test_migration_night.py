@@ -116,7 +116,8 @@ def test_night_bucket_equals_the_one_user_kernels_and_converts_to_its_arrow_sche
     for frame in (out, fn(rows[rows.kind != night.USER_PAIR]), fn(rows[rows.kind == night.STORED_INTEREST])):
         for spec in night.BUCKET_SCHEMA.split(", "):
             name, kind = spec.split()
-            pa.Array.from_pandas(frame[name], mask=frame[name].isnull(), type=ARROW[kind], safe=True)
+            converted = pa.Array.from_pandas(frame[name], mask=frame[name].isnull(), type=ARROW[kind], safe=True)
+            assert isinstance(converted, pa.Array), (name, type(converted))  # a ChunkedArray fails in Spark
 
 
 def test_night_bucket_cells_equal_the_old_frame_and_update_functions():

@@ -140,6 +140,46 @@ def test_rerunning_a_finished_night_changes_nothing(spark, world):
     assert "nothing to do" in report.summary()
 
 
+def test_a_forced_rerun_serves_the_model_that_served_the_night(spark, world, tmp_path):
+    conf = _conf(tmp_path / "lh")
+    shutil.copytree(world.main.lakehouse.root, conf.lakehouse.root, ignore=COPY_IGNORE)
+    report = NightlyJob(spark, conf).run(D0, force=True)
+    assert [(r.stage, r.status) for r in report.records] == [(s, SUCCEEDED) for s in ORDER], report.summary()
+    by_stage = {r.stage: r.result for r in report.records}
+    assert by_stage["train"].model_version == by_stage["topk"].model_version == 1
+    assert by_stage["train"].detail.startswith(f"kept model v1, which served {D0}")
+    # No model trained or promoted: the registry is as the first run left it.
+    reg = lakehouse.read_table(spark, conf, MODEL_REGISTRY).toPandas()
+    assert reg["version"].tolist() == [1] and reg["is_current"].tolist() == [True]
+    night = F.col("ds") == F.lit(D0)
+    _assert_same(_frame(spark, conf, RECOMMENDATIONS, night), _frame(spark, world.main, RECOMMENDATIONS, night),
+                 "recommendations")
+
+
+def test_retrain_goes_with_force_and_trains_again(spark, world):
+    import argparse
+
+    from jobs.nightly import add_arguments, dates_from_args
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    with pytest.raises(SystemExit, match="--retrain goes with --force"):
+        dates_from_args(parser.parse_args(["--date", D0.isoformat(), "--retrain"]))
+    args = parser.parse_args(["--date", D0.isoformat(), "--force", "--retrain"])
+    assert dates_from_args(args) == (D0, D0) and args.retrain
+    # What each stage would do: the night's version kept (train not run, top-k pinned), unless told otherwise.
+    job = NightlyJob(spark, world.main)
+    kept = job._work(D0, "train", 1)()
+    assert kept.model_version == 1 and kept.rows_out == 0
+    assert job.stage_conf("topk", 1).topk.model_version == 1
+    assert job.stage_conf("topk", None).topk.model_version is None  # --retrain, or a first run: the current model
+    pinned = world.main.model_copy(update={"topk": world.main.topk.model_copy(update={"model_version": 7})})
+    assert NightlyJob(spark, pinned).stage_conf("topk", 1).topk.model_version == 7  # an explicit version wins
+    from driftrec.stage_runs import served_version
+
+    assert served_version(spark, world.main, D0) == 1 and served_version(spark, world.main, D1) is None
+
+
 # ---- the lock -------------------------------------------------------------------------------------------------
 @pytest.mark.heavy  # a child process with its own Spark session, then a forced whole night
 def test_a_second_run_on_the_same_lakehouse_is_refused_until_the_first_ends(spark, world):

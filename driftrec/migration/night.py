@@ -166,6 +166,7 @@ def night_bucket(cats: list[str], g: np.ndarray, pre_p: np.ndarray, m: Migration
     k = len(cats)
     names = np.asarray(cats, dtype=object)
     columns = [c.split()[0] for c in BUCKET_SCHEMA.split(", ")]
+    strings = {c.split()[0]: object for c in BUCKET_SCHEMA.split(", ") if c.split()[1] == "string"}
 
     def per_bucket(rows: pd.DataFrame) -> pd.DataFrame:
         kind = rows["kind"].to_numpy()
@@ -226,7 +227,9 @@ def night_bucket(cats: list[str], g: np.ndarray, pre_p: np.ndarray, m: Migration
         moved = pd.DataFrame({"kind": USER_TRANSITION, "user_id": users[uu], "from_cat": names[ff],
                               "to_cat": names[tt], "count": out["counts"][uu, ff, tt]})
         parts = [cells, moved] if len(moved) else [cells]  # (concat warns on empty parts)
-        return pd.concat(parts, ignore_index=True).reindex(columns=columns)
+        # A column no part has (from_cat, to_cat when no user of the bucket made a transition tonight) comes back as
+        # float NaN, which pyarrow converts to a string column as a ChunkedArray that Spark's conversion rejects.
+        return pd.concat(parts, ignore_index=True).reindex(columns=columns).astype(strings)
 
     return per_bucket
 
