@@ -55,7 +55,7 @@ def test_an_evaluation_run_id_replaces_only_its_own_rows(spark, tmp_path):
     from jobs.evaluate import EvaluationJob
 
     conf = make_conf(tmp_path / "lake")
-    table = pd.DataFrame([{"protocol": "temporal", "system": "popularity", "segment": "all", "k": 10,
+    table = pd.DataFrame([{"protocol": "temporal", "system": "popularity", "segment": "all", "seed": 7, "k": 10,
                            "metric": "recall", "value": 0.1, "users": 5}])
     for run_id in ("other-run", INJECTION, INJECTION, "third"):  # the injected id twice: a rerun replaces itself
         EvaluationJob(spark, conf, "tiny", run_id).write(table, {})
