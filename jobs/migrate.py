@@ -363,12 +363,10 @@ class MigrationJob:
             functools.partial(lakehouse.replace_where, spark, conf, spec, df, "true", metrics=False)
             for spec, df in frames
         ], conf.spark.write_threads)
-        schema = ("ds date, a double, b double, method string, log_likelihood double, log_likelihood_default double, "
-                  "n_events long, n_fit_events double, n_users long")
         rows = [] if built is None else [(cutoff, built.a, built.b, built.method, built.log_likelihood,
                                           built.log_likelihood_default, built.n_events, built.n_fit_events,
                                           built.n_users)]
-        params = spark.createDataFrame(rows, schema).withColumn("finished_at", F.current_timestamp())
+        params = spark.createDataFrame(rows, night.PARAMS_SCHEMA).withColumn("finished_at", F.current_timestamp())
         lakehouse.replace_where(spark, conf, DRIFT_PARAMS, params, "true", metrics=False)
 
     def _log_frame(self, batch_id: str, days: list[dt.date], versions: dict[str, int], statuses: tuple[str, ...],
