@@ -65,6 +65,7 @@ class TablesConfig(_Section):
     recommendations: str = "recommendations"
     # offline evaluation (driftrec/evaluation)
     evaluation_runs: str = "evaluation_runs"
+    tuned_settings: str = "tuned_settings"
     # operations (jobs/nightly.py)
     pipeline_runs: str = "pipeline_runs"
 
@@ -171,6 +172,8 @@ class MigrationConfig(_Section):
     # Markov scores: how many recent items feed the item-level term, and its weight against the category term.
     recent_items: int = Field(default=3, ge=1)
     item_term_weight: float = Field(default=0.5, ge=0, le=1)
+    # Weight of the r-th most recent item in the item term is recent_decay**r (renormalised); 1 = the plain mean.
+    recent_decay: float = Field(default=1.0, gt=0, le=1)
     # A backfill stages this many nights in memory per Delta commit of each table (a nightly run is one night).
     commit_every_nights: int = Field(default=31, ge=1)
     # ... but a batch commits early once its nights hold this many events: on large nights carrying staged state
@@ -238,6 +241,12 @@ class TopKConfig(_Section):
     # Weight of the migration engine's p(u,i,t+1) in the final score; the model's softmax gets the rest. Default:
     # the best NDCG@10 of benchmarks/tune_blend.py on a validation day of the demo data (0.5-0.7 form a plateau).
     blend_weight: float = Field(default=0.6, ge=0, le=1)
+    # The gate: users whose latest user_drift row says "migrating" get this weight instead (None: blend_weight).
+    blend_weight_migrating: float | None = Field(default=None, ge=0, le=1)
+    # "linear": (1 - w) * model + w * migration; "log": the product model^(1 - w) * migration^w (a log-linear mix).
+    blend_mode: Literal["linear", "log"] = "linear"
+    # Serve the latest `driftrec tune` choice (tuned_settings table) over the blend and item-term settings above.
+    use_tuned: bool = True
     exclude_consumed: bool = True
     users_per_batch: int = Field(default=256, ge=1)  # users scored together as one matrix product
     partitions: int = Field(default=0, ge=0)  # scoring tasks; 0 = spark.default.parallelism
@@ -258,6 +267,50 @@ class TopKConfig(_Section):
     candidate_popular: int = Field(default=100, ge=0)  # most popular items, for every user
     candidate_clusters: int = Field(default=0, ge=0)  # k-means clusters of the model's item vectors; 0 = 2 sqrt(n)
     candidate_probes: int = Field(default=8, ge=0)  # clusters probed per user (0: no model source)
+
+
+class TuningConfig(_Section):
+    """`driftrec tune` and the tuning step of `driftrec evaluate` (driftrec/tuning.py): settings chosen on the
+    validation split (each user's latest visible event held out), never on test events.
+
+    First the engine's scoring knobs (item-term weight, recent items and their recency decay) by the migration
+    engine's own validation NDCG@k, then the blend (mode, weight, and a separate weight for migrating users) by the
+    pipeline's. Every combination is scored in one pass over the validation users.
+    """
+
+    k: int = Field(default=10, ge=1)  # NDCG@k is the criterion
+    item_term_weights: list[float] = [0.3, 0.5, 0.7, 0.85, 0.95, 1.0]
+    recent_items: list[int] = [1, 2, 3, 5]
+    recent_decays: list[float] = [1.0, 0.5, 0.25]
+    blend_weights: list[float] = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
+    blend_modes: list[Literal["linear", "log"]] = ["linear", "log"]
+    gate_by_drift: bool = True  # choose the migrating users' blend weight on their own
+    # A segment's own weight needs this many validation users; with fewer the overall choice serves it too.
+    min_segment_users: int = Field(default=50, ge=1)
+    max_users: int = Field(default=20000, ge=1)  # validation users scored (deterministic hash sample above this)
+    epochs: int | None = Field(default=None, ge=1)  # training epochs of the tuning model (None: training.epochs)
+    work_dir: str = ""  # scratch lakehouse of `driftrec tune`; empty: <lakehouse.root>/_evaluation/tune
+
+    @field_validator("item_term_weights", "blend_weights")
+    @classmethod
+    def _unit(cls, v: list[float]) -> list[float]:
+        if not v or any(not 0.0 <= x <= 1.0 for x in v):
+            raise ValueError("must be a non-empty list of numbers in [0, 1]")
+        return v
+
+    @field_validator("recent_decays")
+    @classmethod
+    def _decay(cls, v: list[float]) -> list[float]:
+        if not v or any(not 0.0 < x <= 1.0 for x in v):
+            raise ValueError("must be a non-empty list of numbers in (0, 1]")
+        return v
+
+    @field_validator("recent_items")
+    @classmethod
+    def _positive(cls, v: list[int]) -> list[int]:
+        if not v or any(x < 1 for x in v):
+            raise ValueError("must be a non-empty list of integers >= 1")
+        return v
 
 
 class EvaluationConfig(_Section):
@@ -283,6 +336,9 @@ class EvaluationConfig(_Section):
     # Seeds of the seeded systems (the two trainings and ALS), each trained again per seed; the deterministic ones
     # (popularity, markov_item, ...) are computed once and reported under every seed. Empty: training.seed only.
     seeds: list[int] = Field(default_factory=list)
+    # Leave-one-out: choose migration's and pipeline's settings on the validation split (`tuning` section) per seed,
+    # in a scratch lakehouse without either held-out event; false: the configured values.
+    tune: bool = True
     work_dir: str = ""  # scratch lakehouses, one per protocol; empty: <lakehouse.root>/_evaluation
     report: str = ""  # HTML report path; empty: <work_dir>/report.html
 
@@ -321,6 +377,7 @@ class Config(_Section):
     migration: MigrationConfig = Field(default_factory=MigrationConfig)
     topk: TopKConfig = Field(default_factory=TopKConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    tuning: TuningConfig = Field(default_factory=TuningConfig)
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
 

@@ -410,6 +410,27 @@ EVALUATION_RUNS = TableSpec(
 
 ALL_TABLES += (EVALUATION_RUNS,)
 
+TUNED_SETTINGS = TableSpec(
+    logical="tuned_settings",
+    schema=T.StructType(
+        [
+            _f("tuned_at", T.TimestampType(), False, "when the search ran; top-k serves the latest row"),
+            _f("run_id", T.StringType(), False, "the tune (or evaluate) run that chose them"),
+            _f("data_through", T.DateType(), False, "the last event date the tuning split saw"),
+            _f("settings_json", T.StringType(), False,
+               "chosen values by section, e.g. {\"topk\": {\"blend_weight\": 0.4}, \"migration\": {...}}"),
+            _f("validation_ndcg", T.DoubleType(), False, "the pipeline's validation NDCG@k with the chosen values"),
+            _f("default_ndcg", T.DoubleType(), False, "the same with the configured (untuned) values"),
+            _f("users", T.LongType(), False, "validation users scored"),
+            _f("search_json", T.StringType(), False, "every combination tried and its validation NDCG@k"),
+        ]
+    ),
+    key=("run_id",),
+    comment="Settings chosen on the validation split by `driftrec tune`; the nightly top-k serves the latest.",
+)
+
+ALL_TABLES += (TUNED_SETTINGS,)
+
 
 # --- operations (issue 7) ---
 

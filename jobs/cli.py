@@ -82,6 +82,13 @@ def cmd_evaluate(args) -> int:
     return evaluate.run_from_args(_spark(conf, "driftrec-evaluate"), conf, args)
 
 
+def cmd_tune(args) -> int:
+    from jobs import tune  # lazily: torch
+
+    conf = config_from_args(args)
+    return tune.run_from_args(_spark(conf, "driftrec-tune"), conf, args)
+
+
 def _last_event_date(spark, conf):
     return lakehouse.read_table(spark, conf, EVENTS).agg(F.max("event_date")).first()[0]
 
@@ -218,6 +225,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_flags(p)
     evaluate.add_arguments(p)
     p.set_defaults(func=cmd_evaluate, parser=p)
+
+    p = sub.add_parser("tune", help="choose the blend and the engine's scoring knobs on the validation split; "
+                       "the nightly top-k serves the latest choice")
+    add_config_flags(p)
+    p.add_argument("--run-id", help="id of this search in tuned_settings (default: tune-<timestamp>)")
+    p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("ingest", help="ingest events and an item catalogue")
     add_config_flags(p)

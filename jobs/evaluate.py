@@ -13,7 +13,12 @@ are not in the scratch lakehouse at all. Systems:
 * ``migration``: the migration engine alone (blend weight 1);
 * ``sasrec_random``: the sequential model without text initialisation, alone (blend weight 0);
 * ``sasrec_text``: the text-initialised model alone;
-* ``pipeline``: the text-initialised model blended with the migration engine (``topk.blend_weight``).
+* ``pipeline``: the text-initialised model blended with the migration engine.
+
+Under leave-one-out (``evaluation.tune``) ``migration`` and ``pipeline`` use the settings ``driftrec tune`` would choose
+(:mod:`driftrec.tuning`): a second scratch lakehouse holds the validation split (neither held-out event of a user),
+a text model is trained there per seed, and the blend and the engine's scoring knobs that rank each user's
+validation event best are kept; the test events are never looked at. Other protocols use the configured values.
 
 The peers, what users run today (:data:`driftrec.evaluation.report.PEERS`), are ``popular_*``, ``als``,
 ``markov_item`` and ``sasrec_random``; the report and the printed table show the best of them per protocol, segment,
@@ -33,7 +38,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import shutil
 import sys
 import time
 import uuid
@@ -44,16 +48,15 @@ import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from driftrec import lakehouse, sqltext
+from driftrec import lakehouse, sqltext, tuning
 from driftrec.config import Config
 from driftrec.evaluation import baselines, metrics, protocols
 from driftrec.evaluation.report import PEERS, peer_table, versus_best_peer
 from driftrec.evaluation.views import latest_drift
 from driftrec.jobargs import base_parser, config_from_args
 from driftrec.spark import build_spark
-from driftrec.tables import EVALUATION_RUNS, EVENTS, ITEM_TEXT_EMBEDDINGS, ITEM_TOPICS, ITEMS
-from jobs.embed_items import EmbedItemsJob
-from jobs.migrate import MigrationJob
+from driftrec.tables import EVALUATION_RUNS, EVENTS, ITEMS
+from jobs import scratch
 
 log = logging.getLogger("driftrec.evaluate")
 
@@ -74,6 +77,7 @@ class ProtocolResult:
     timings: dict[str, float] = field(default_factory=dict)
     conf: Config | None = None
     truth: DataFrame | None = None
+    tuned: dict[int, tuning.TunedSettings] = field(default_factory=dict)  # per seed; leave-one-out only
 
 
 EXPORT_COLUMNS = ["protocol", "system", "segment", "seed", "metric", "k", "value"]
@@ -124,14 +128,6 @@ class EvaluationReport:
         return peer_table(versus).droplevel(["segment", "k"])
 
 
-def _scratch_conf(conf: Config, root: Path, protocol: str, **sections) -> Config:
-    data = conf.model_dump()
-    data["lakehouse"] = {**data["lakehouse"], "root": str(root), "database": f"{conf.lakehouse.database}_eval_{protocol}"}
-    for section, values in sections.items():
-        data[section] = {**data[section], **values}
-    return Config.model_validate(data)
-
-
 class EvaluationJob:
     def __init__(self, spark: SparkSession, conf: Config, dataset: str, run_id: str | None = None):
         self.spark, self.conf, self.dataset = spark, conf, dataset
@@ -160,49 +156,57 @@ class EvaluationJob:
     # ---- scratch lakehouse -------------------------------------------------------------------------------------
     def scratch(self, protocol: str, train: DataFrame, cutoff: dt.date, embedded_from: Config | None) -> Config:
         """A fresh lakehouse with the training events, the catalogue, its embeddings and the migration state."""
-        spark = self.spark
-        root = self.work / protocol
-        sconf = _scratch_conf(self.conf, root, protocol)
-        spark.sql(f"DROP DATABASE IF EXISTS {sconf.lakehouse.database} CASCADE")  # registrations only (external)
-        shutil.rmtree(root, ignore_errors=True)
-        lakehouse.forget_ensured(sconf)  # tables and registrations just deleted: create them again
-        lakehouse.ensure_database(spark, sconf)
-        lakehouse.append(spark, sconf, EVENTS, train)
-        lakehouse.append(spark, sconf, ITEMS, lakehouse.read_table(spark, self.conf, ITEMS))
-        for source in (self.conf, embedded_from):  # reuse vectors already computed (text is not an event statistic)
-            if source is not None and lakehouse.table_exists(spark, source, ITEM_TEXT_EMBEDDINGS):
-                lakehouse.merge_upsert(spark, sconf, ITEM_TEXT_EMBEDDINGS,
-                                       lakehouse.read_table(spark, source, ITEM_TEXT_EMBEDDINGS))
-                if lakehouse.table_exists(spark, source, ITEM_TOPICS):
-                    lakehouse.merge_upsert(spark, sconf, ITEM_TOPICS, lakehouse.read_table(spark, source, ITEM_TOPICS))
-                break
-        EmbedItemsJob(spark, sconf).run()
-        MigrationJob(spark, sconf).rebuild(cutoff)
-        return sconf
+        return scratch.build_scratch(self.spark, self.conf, self.work / protocol, protocol, train, cutoff,
+                                     embedded_from)
+
+    # ---- tuning ------------------------------------------------------------------------------------------------
+    def tuning_split(self, events: DataFrame, sconf: Config) -> tuple[Config, dt.date, DataFrame]:
+        """Leave-one-out's validation split in its own scratch lakehouse: ``(config, cutoff, truth)``. Neither held-out
+        event of a user is in it; the validation event is the truth."""
+        split = protocols.leave_one_out_for_validation(events)
+        train = split.train.cache()
+        cutoff = train.agg(F.max("event_date")).first()[0]
+        vconf = scratch.build_scratch(self.spark, self.conf, self.work / "tune_leave_one_out", "tune_leave_one_out",
+                                      train, cutoff, sconf)
+        train.unpersist()
+        return vconf, cutoff, split.truth.cache()
+
+    def tuned(self, vconf: Config, cutoff: dt.date, truth: DataFrame, seed: int, timings: dict[str, float],
+              tag: str = "") -> tuning.TunedSettings:
+        """The settings the validation split chooses, with a text model trained there under ``seed``."""
+        from jobs.tune import TuneJob  # lazily: torch
+
+        epochs = self.ev.epochs or self.conf.training.epochs
+        timings[f"tune_train{tag}"] = scratch.train_model(self.spark, vconf, "eval_tune", cutoff, use_text=True,
+                                                          epochs=epochs, seed=seed)
+        t0 = time.perf_counter()
+        found = TuneJob(self.spark, self.conf, f"{self.run_id}-seed{seed}").search(vconf, cutoff, truth, "eval_tune")
+        timings[f"tune_search{tag}"] = round(time.perf_counter() - t0, 1)
+        return found
 
     # ---- systems -----------------------------------------------------------------------------------------------
     def model_recs(self, sconf: Config, protocol: str, cutoff: dt.date, users: DataFrame, k: int,
-                   timings: dict[str, float], seed: int, tag: str = "") -> dict[str, DataFrame]:
+                   timings: dict[str, float], seed: int, tag: str = "",
+                   tuned: tuning.TunedSettings | None = None) -> dict[str, DataFrame]:
+        """The model systems' lists; with ``tuned``, ``migration`` and ``pipeline`` use the chosen settings."""
         from jobs.topk import TopKJob  # lazily: torch
-        from jobs.train import TrainJob
 
         spark, out = self.spark, {}
         epochs = self.ev.epochs or self.conf.training.epochs
         for init in ("text", "random"):
-            t0 = time.perf_counter()
-            tconf = _scratch_conf(sconf, Path(sconf.lakehouse.root), protocol,
-                                  training={"use_text": init == "text", "model_name": f"eval_{init}",
-                                            "epochs": epochs, "warm_start": False, "seed": seed})
-            TrainJob(spark, tconf).run(cutoff)
-            timings[f"train_{init}{tag}"] = round(time.perf_counter() - t0, 1)
+            timings[f"train_{init}{tag}"] = scratch.train_model(spark, sconf, f"eval_{init}", cutoff,
+                                                                use_text=init == "text", epochs=epochs, seed=seed)
         for system, (init, blend) in MODEL_SYSTEMS.items():
             t0 = time.perf_counter()
-            kconf = _scratch_conf(
-                sconf, Path(sconf.lakehouse.root), protocol,
-                training={"model_name": f"eval_{init}"},
-                topk={"all_users": True, "k": k, "model_version": None,
+            kconf = scratch.with_sections(
+                sconf, training={"model_name": f"eval_{init}"},
+                topk={"all_users": True, "k": k, "model_version": None, "use_tuned": False,
                       "blend_weight": self.conf.topk.blend_weight if blend is None else blend},
             )
+            if tuned is not None and system == "pipeline":
+                kconf = tuning.with_settings(kconf, tuned.settings)
+            elif tuned is not None and system == "migration":  # the chosen engine, alone
+                kconf = tuning.with_settings(kconf, {"migration": tuned.settings["migration"]})
             rows, _, _ = TopKJob(spark, kconf).recommendations(cutoff + dt.timedelta(days=1))
             out[system] = (
                 rows.join(users, "user_id", "left_semi").select("user_id", "rank", "item_id", "score")
@@ -277,11 +281,20 @@ class EvaluationJob:
             fixed = self.baseline_recs(train, cutoff, users, k, result.timings)
             result.recs.update(fixed)
             fixed_rows = self.scored(protocol, seeds[0], fixed, truth, segments, ks, n_items)
+            tune = with_models and ev.tune and protocol == "leave_one_out"
+            if tune:
+                t0 = time.perf_counter()
+                vconf, vcutoff, vtruth = self.tuning_split(events, sconf)
+                result.timings["tune_scratch"] = round(time.perf_counter() - t0, 1)
             for i, seed in enumerate(seeds):
                 tag = f"@{seed}" if len(seeds) > 1 else ""
                 seeded = {"als": self.als_recs(train, users, k, result.timings, seed, tag)}
                 if with_models:
-                    seeded.update(self.model_recs(sconf, protocol, cutoff, users, k, result.timings, seed, tag))
+                    if tune:
+                        result.tuned[seed] = self.tuned(vconf, vcutoff, vtruth, seed, result.timings, tag)
+                        log.info("%s seed %d: tuned %s", protocol, seed, result.tuned[seed].flat())
+                    seeded.update(self.model_recs(sconf, protocol, cutoff, users, k, result.timings, seed, tag,
+                                                  result.tuned.get(seed)))
                 rows += [r.assign(seed=seed) for r in fixed_rows]
                 rows += self.scored(protocol, seed, seeded, truth, segments, ks, n_items)
                 if i == 0:  # the report's lists (rising-category shares): the first seed's
@@ -290,13 +303,15 @@ class EvaluationJob:
                     for lists in seeded.values():
                         lists.unpersist()
             segments.unpersist()
+            if tune:
+                vtruth.unpersist()
             results.append(result)
             train.unpersist()
             users.unpersist()
         columns = ["protocol", "system", "segment", "seed", "k", "metric", "value", "users"]
         table = pd.concat(rows, ignore_index=True)[columns]
         table = table.sort_values(columns[:6]).reset_index(drop=True)
-        self.write(table, {p.protocol: str(p.cutoff) for p in results})
+        self.write(table, {p.protocol: str(p.cutoff) for p in results}, tuned_json(results))
         path = None
         if report:
             from driftrec.evaluation.report import render_report
@@ -309,10 +324,11 @@ class EvaluationJob:
         events.unpersist()
         return EvaluationReport(self.run_id, table, results, path, round(time.perf_counter() - t_start, 1))
 
-    def write(self, table: pd.DataFrame, cutoffs: dict[str, str]) -> int:
-        config = json.dumps({"evaluation": self.ev.model_dump(), "topk_blend_weight": self.conf.topk.blend_weight,
-                             "migration": self.conf.migration.model_dump(),
-                             "training": self.conf.training.model_dump(), "cutoffs": cutoffs, "peers": list(PEERS)},
+    def write(self, table: pd.DataFrame, cutoffs: dict[str, str], tuned: dict | None = None) -> int:
+        config = json.dumps({"evaluation": self.ev.model_dump(), "topk": self.conf.topk.model_dump(),
+                             "migration": self.conf.migration.model_dump(), "tuning": self.conf.tuning.model_dump(),
+                             "training": self.conf.training.model_dump(), "cutoffs": cutoffs, "peers": list(PEERS),
+                             "tuned": tuned or {}},
                             default=str)
         df = self.spark.createDataFrame(
             table.assign(k=table["k"].astype(int), seed=table["seed"].astype(int), users=table["users"].astype("int64")),
@@ -325,6 +341,21 @@ class EvaluationJob:
         # replaced every other run's rows).
         return lakehouse.replace_where(self.spark, self.conf, EVALUATION_RUNS, df,
                                        sqltext.equals("run_id", self.run_id))
+
+
+def tuned_json(results: list[ProtocolResult]) -> dict:
+    """``{protocol: {seed: {settings, validation_ndcg, default_ndcg, users}}}`` of the protocols that tuned."""
+    return {r.protocol: {str(seed): {"settings": t.settings, "validation_ndcg": t.validation_ndcg,
+                                     "default_ndcg": t.default_ndcg, "users": t.users}
+                         for seed, t in r.tuned.items()} for r in results if r.tuned}
+
+
+def tuned_table(results: list[ProtocolResult]) -> pd.DataFrame:
+    """One row per (protocol, seed): the chosen values and their validation NDCG against the configured values'."""
+    rows = [{"protocol": r.protocol, "seed": seed, **t.flat(), "validation_ndcg": round(t.validation_ndcg, 4),
+             "configured_ndcg": round(t.default_ndcg, 4), "users": t.users}
+            for r in results for seed, t in r.tuned.items()]
+    return pd.DataFrame(rows)
 
 
 def add_arguments(parser) -> None:
@@ -351,6 +382,10 @@ def run_from_args(spark: SparkSession, conf: Config, args) -> int:
     report = EvaluationJob(spark, conf, args.dataset, args.run_id).run()
     print(report.table().round(4).to_string())
     print(report.versus_peers().round(4).to_string())
+    chosen = tuned_table(report.results)
+    if len(chosen):
+        print("settings chosen on the validation split (leave-one-out's second-to-last events):")
+        print(chosen.to_string(index=False))
     if len(set(report.rows["seed"])) > 1:
         print(report.spread().round(4).to_string())
     if args.export:

@@ -34,7 +34,7 @@ from driftrec.migration.scoring import (
 from driftrec.serving import ServingModel, load_serving_model
 from driftrec.spark import build_spark
 from driftrec.stage_runs import StageResult, run_recorded
-from driftrec.tables import EVENTS, ITEMS, MIGRATION_RUNS, RECOMMENDATIONS, USER_INTEREST
+from driftrec.tables import EVENTS, ITEMS, MIGRATION_RUNS, RECOMMENDATIONS, USER_DRIFT, USER_INTEREST
 
 log = logging.getLogger("driftrec.topk")
 
@@ -67,6 +67,12 @@ def user_histories(events: DataFrame, keep_last: int, with_consumed: bool) -> Da
             "consumed"
         ),
     )
+
+
+def latest_migrating(drift: DataFrame, ds: dt.date) -> DataFrame:
+    """``(user_id, migrating)``: each user's flag in their latest ``user_drift`` row on or before ``ds``."""
+    return drift.where(F.col("ds") <= F.lit(ds)).groupBy("user_id").agg(
+        F.max_by("migrating", "ds").alias("migrating"))
 
 
 def interest_arrays(q: DataFrame) -> DataFrame:
@@ -120,7 +126,15 @@ def inferred_interest(events: DataFrame, item_cats: DataFrame, categories: list[
 
 class TopKJob:
     def __init__(self, spark: SparkSession, conf: Config):
-        self.spark, self.conf = spark, conf
+        from driftrec import tuning
+
+        self.spark = spark
+        # The latest `driftrec tune` choice replaces the configured blend and item-term settings (topk.use_tuned).
+        self.tuned = tuning.latest(spark, conf) if conf.topk.use_tuned else None
+        self.conf = tuning.with_settings(conf, self.tuned.settings) if self.tuned else conf
+        if self.tuned:
+            log.info("serving tuned settings of run %s (%s): %s", self.tuned.run_id, self.tuned.tuned_at,
+                     self.tuned.settings)
 
     def _events(self, ds: dt.date) -> DataFrame:
         if not lakehouse.table_exists(self.spark, self.conf, EVENTS):
@@ -193,7 +207,13 @@ class TopKJob:
             .otherwise(F.col("q"))
         )
         frame = frame.withColumn("q", q_final)
-        return frame.select("user_id", "item_ids", "consumed", "interest_categories", "interest_p", "q", "rise")
+        if t.blend_weight_migrating is not None:  # the gate reads each user's latest drift flag
+            frame = frame.join(latest_migrating(lakehouse.read_table(self.spark, self.conf, USER_DRIFT), ds),
+                               "user_id", "left")
+        else:
+            frame = frame.withColumn("migrating", F.lit(None).cast("boolean"))
+        return frame.select("user_id", "item_ids", "consumed", "interest_categories", "interest_p", "q", "rise",
+                            "migrating")
 
     def prepare(self, ds: dt.date) -> Prepared:
         """Model (checked first), broadcastable assets and the per-user input rows (materialised)."""

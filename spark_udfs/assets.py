@@ -71,6 +71,9 @@ def build_assets(served: ServingModel, state: MarkovState, conf: Config) -> Scor
         blend=t.blend_weight,
         item_term_weight=m.item_term_weight,
         recent_items=m.recent_items,
+        recent_decay=m.recent_decay,
+        blend_migrating=t.blend_weight_migrating,
+        blend_mode=t.blend_mode,
         rising_margin=t.rising_margin,
         torch_threads=t.torch_threads,
         candidates=candidates,
@@ -95,7 +98,8 @@ def candidate_lists(served: ServingModel, state: MarkovState, pic: np.ndarray, i
     n = pic.shape[1]
     log.info("candidate step on: %d items > topk.candidate_threshold %d", n, t.candidate_threshold)
     clusters = None
-    if t.blend_weight < 1.0 and t.candidate_probes > 0:
+    if min(t.blend_weight, 1.0 if t.blend_weight_migrating is None else t.blend_weight_migrating) < 1.0 \
+            and t.candidate_probes > 0:
         clusters = item_clusters(vectors, t.candidate_clusters or max(1, round(2 * np.sqrt(n))),
                                  seed=conf.training.seed)
     return Candidates(

@@ -7,9 +7,11 @@ catalogue:
 * the migration engine's ``p(u, i, t+1) = w * item_term + (1 - w) * category_term``, computed by
   :mod:`driftrec.migration.kernels` (the formula's one home): ``item_term`` is the mean successor probability
   from the last ``recent_items`` items (a sparse row gather), ``category_term = q_u @ P(i|c)`` (one product);
-* ``score = (1 - blend) * model + blend * migration``; consumed items are excluded; the top k are kept with ties
-  broken by item id, so a rerun over the same inputs writes the same rows. A user without history (cold start)
-  gets migration only: popularity inside the categories their ``q`` names (declared, or everyone's).
+* the blend (:func:`blend_scores`): ``(1 - w) * model + w * migration``, or the log-linear
+  ``model^(1 - w) * migration^w``, with ``w`` the migrating users' own weight when the gate is on; consumed items
+  are excluded; the top k are kept with ties broken by item id, so a rerun over the same inputs writes the same rows.
+  A user without history (cold start) gets migration only: popularity inside the categories their ``q`` names
+  (declared, or everyone's).
 
 Nothing per user passes through the driver: the catalogue-sized assets are broadcast once, and each Python worker
 builds the model from them once and keeps it for every later batch and task.
@@ -55,10 +57,18 @@ class ScoringAssets:
     item_term_weight: float
     recent_items: int
     rising_margin: float
+    recent_decay: float = 1.0  # weight decay**r of the r-th most recent item in the item term
+    blend_migrating: float | None = None  # the gate: migrating users' weight (None: ``blend``)
+    blend_mode: str = "linear"  # "linear" | "log"
     torch_threads: int = 1
     candidates: object = None  # spark_udfs.candidates.Candidates above topk.candidate_threshold, else None
     meta: dict = field(default_factory=dict)
     model_name: str = "sasrec"  # driftrec.models.protocol.model_class key of the model_state
+
+    @property
+    def needs_model(self) -> bool:
+        """Whether any user's score reads the model (a migration weight below 1)."""
+        return self.blend < 1.0 or (self.blend_migrating is not None and self.blend_migrating < 1.0)
 
     @cached_property
     def index(self) -> pd.Index:
@@ -172,8 +182,34 @@ def migration_terms(assets: ScoringAssets, pdf: pd.DataFrame,
     q = np.stack([np.asarray(x, dtype=np.float64) for x in pdf["q"]])
     recent, n_recent = recent_matrix(assets, pdf)
     n = len(assets.item_ids)
-    item = kernels.item_term(recent, n_recent, assets.succ_indptr, assets.succ_indices, assets.succ_probs, n, cols)
+    item = kernels.item_term(recent, n_recent, assets.succ_indptr, assets.succ_indices, assets.succ_probs, n, cols,
+                             assets.recent_decay)
     return item, kernels.category_term(q, assets.pic, cols), kernels.item_weight(n_recent > 0, assets.item_term_weight)
+
+
+LOG_FLOOR = 1e-300  # log-linear blend: a probability of exactly 0 (an excluded or unknown item) stays the lowest
+
+
+def blend_scores(model_p: np.ndarray, migration: np.ndarray, weight: np.ndarray, mode: str) -> np.ndarray:
+    """The final score from the two distributions with per-user migration weight ``weight`` (B,).
+
+    ``linear``: ``(1 - w) * model + w * migration``. ``log``: ``model^(1 - w) * migration^w``, a product of experts:
+    an item ranks high only where neither distribution rules it out (w = 0 or 1 give the ranking of one alone).
+    """
+    w = np.asarray(weight, dtype=np.float64)[:, None]
+    if mode == "linear":
+        return (1.0 - w) * model_p + w * migration
+    if mode == "log":
+        return np.exp((1.0 - w) * np.log(np.maximum(model_p, LOG_FLOOR)) + w * np.log(np.maximum(migration, LOG_FLOOR)))
+    raise ValueError(f"unknown blend mode {mode!r}: expected 'linear' or 'log'")
+
+
+def user_weights(assets: ScoringAssets, pdf: pd.DataFrame, known: np.ndarray) -> np.ndarray:
+    """(B,) migration weight per user: the gate's for migrating users, the blend's otherwise, 1 without history."""
+    w = np.full(len(pdf), float(assets.blend))
+    if assets.blend_migrating is not None and "migrating" in pdf.columns:
+        w = np.where(pdf["migrating"].fillna(False).to_numpy(dtype=bool), float(assets.blend_migrating), w)
+    return np.where(known, w, 1.0)
 
 
 def top_k(scores: np.ndarray, item_ids: np.ndarray, k: int) -> np.ndarray:
@@ -222,7 +258,7 @@ def candidate_plan(assets: ScoringAssets, pdf: pd.DataFrame, model=None, with_mo
     from spark_udfs.candidates import probe
 
     known = _has_history(pdf)
-    use_model = (assets.blend < 1.0 if with_model is None else with_model) and known.any()
+    use_model = (assets.needs_model if with_model is None else with_model) and known.any()
     hidden, probed = None, None
     if use_model:
         model = model if model is not None else build_model(assets)
@@ -246,7 +282,7 @@ def score_parts(assets: ScoringAssets, pdf: pd.DataFrame, model=None, cols: np.n
     migration = kernels.migration_score(item_term, cat_term, w)
     known = _has_history(pdf)
     model_p = np.zeros_like(migration)
-    if (assets.blend < 1.0 if with_model is None else with_model) and known.any():
+    if (assets.needs_model if with_model is None else with_model) and known.any():
         model = model if model is not None else build_model(assets)
         model_p[known] = model_probabilities(model, assets, pdf[known].reset_index(drop=True),
                                              None if cols is None else cols[known], hidden)
@@ -265,8 +301,7 @@ def score_batch(assets: ScoringAssets, pdf: pd.DataFrame, model=None, candidates
     n = len(assets.item_ids)
     cols, hidden = candidate_plan(assets, pdf, model) if use_candidates(assets, candidates) else (None, None)
     item_term, cat_term, w, migration, model_p, known = score_parts(assets, pdf, model, cols, hidden=hidden)
-    blend = np.where(known, assets.blend, 1.0)[:, None]
-    score = (1.0 - blend) * model_p + blend * migration
+    score = blend_scores(model_p, migration, user_weights(assets, pdf, known), assets.blend_mode)
     if cols is not None:
         score[cols >= n] = -np.inf
     index = assets.index
@@ -323,7 +358,7 @@ def topk_udf(assets_broadcast, users_per_batch: int):
 
     def score_partition(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         assets: ScoringAssets = assets_broadcast.value
-        model = build_model(assets) if assets.blend < 1.0 else None
+        model = build_model(assets) if assets.needs_model else None
         for pdf in frames:
             for start in range(0, len(pdf), users_per_batch):
                 out = score_batch(assets, pdf.iloc[start : start + users_per_batch].reset_index(drop=True), model)

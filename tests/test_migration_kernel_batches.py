@@ -221,6 +221,7 @@ def test_item_and_category_terms_equal_a_dense_loop(seed, n, users, slots):
     indptr, indices, probs, dense = _csr(rng, n)
     recent = rng.integers(-1, n, (users, slots))
     n_recent = rng.integers(0, slots + 1, users).astype(float)
+    recent[np.arange(slots)[None, :] >= n_recent[:, None]] = -1  # as laid out by the scorer: no item past n_recent
     cols = np.sort(np.stack([np.append(rng.choice(n, (n + 1) // 2, replace=False), n) for _ in range(users)]), 1)
     full = k.item_term(recent, n_recent, indptr, indices, probs, n)
     cand = k.item_term(recent, n_recent, indptr, indices, probs, n, cols)
@@ -228,6 +229,17 @@ def test_item_and_category_terms_equal_a_dense_loop(seed, n, users, slots):
         want = sum((dense[r] for r in recent[u] if r >= 0), np.zeros(n)) / max(n_recent[u], 1.0)
         np.testing.assert_allclose(full[u], want, rtol=1e-14)
         np.testing.assert_allclose(cand[u], np.append(want, 0.0)[cols[u]], rtol=1e-14)
+    # Recency decay: slot r weighs d**r, renormalised over the user's n_recent slots; via the per-slot rows too.
+    d = float(rng.uniform(0.1, 1.0))
+    decayed = k.item_term(recent, n_recent, indptr, indices, probs, n, decay=d)
+    weights = k.recency_weights(n_recent, slots, d)
+    slot_rows = k.successor_slots(recent, indptr, indices, probs, n)
+    np.testing.assert_allclose(k.item_term_from_slots(slot_rows, weights), decayed, rtol=1e-12, atol=1e-15)
+    for u in range(users):
+        m = int(n_recent[u])
+        norm = sum(d**s for s in range(m)) or 1.0
+        want = sum((d**s * dense[recent[u, s]] for s in range(m) if recent[u, s] >= 0), np.zeros(n)) / norm
+        np.testing.assert_allclose(decayed[u], want, rtol=1e-12, atol=1e-15)
     pic, q = _dist(rng, 3, n), _dist(rng, users, 3)
     np.testing.assert_allclose(k.category_term(q, pic, cols), np.take_along_axis(
         np.hstack([q @ pic, np.zeros((users, 1))]), cols, axis=1), rtol=1e-13)

@@ -258,18 +258,42 @@ def csr_lookup(indptr: np.ndarray, indices: np.ndarray, values: np.ndarray, rows
     return np.where(keys[at] == want, values[pos][at], 0.0)
 
 
-def item_term(recent: np.ndarray, n_recent: np.ndarray, succ_indptr: np.ndarray, succ_indices: np.ndarray,
-              succ_probs: np.ndarray, n: int, cols: np.ndarray | None = None) -> np.ndarray:
-    """Mean successor probability ``(1/L_u) sum_r P(i | r)`` over each user's recent items: (B, n) or (B, M).
+def recency_weights(n_recent: np.ndarray, slots: int, decay: float = 1.0) -> np.ndarray:
+    """(B, slots) weights of each user's recent items, most recent first: ``decay**r`` over the first ``n_recent``
+    slots, renormalised to sum to 1 (all 0 for a user without recent items). ``decay = 1``: the plain mean."""
+    n_recent = np.asarray(n_recent, dtype=np.int64)
+    raw = np.power(float(decay), np.arange(slots, dtype=np.float64))[None, :] * (
+        np.arange(slots)[None, :] < n_recent[:, None])
+    return raw / np.maximum(raw.sum(axis=1, keepdims=True), 1e-300)
 
-    ``recent`` (B, L) item indices, most recent first, -1 for none/unknown; ``n_recent`` (B,) the divisor ``L_u``
-    (0: no item term); ``cols`` (B, M) candidate indices ascending per row, padded with ``n``.
+
+def successor_slots(recent: np.ndarray, succ_indptr: np.ndarray, succ_indices: np.ndarray, succ_probs: np.ndarray,
+                    n: int, cols: np.ndarray | None = None) -> np.ndarray:
+    """(L, B, n) or (L, B, M): ``P(i | recent[:, r])`` for each recent slot ``r`` (0 for an unknown item)."""
+    recent = np.asarray(recent, dtype=np.int64)
+    return np.stack([csr_lookup(succ_indptr, succ_indices, succ_probs, recent[:, slot], cols, n)
+                     for slot in range(recent.shape[1])])
+
+
+def item_term_from_slots(slots: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """``sum_r weights[b, r] * P(i | recent[b, r])`` from :func:`successor_slots` and :func:`recency_weights`."""
+    return np.einsum("lbn,bl->bn", slots, weights[:, : slots.shape[0]])
+
+
+def item_term(recent: np.ndarray, n_recent: np.ndarray, succ_indptr: np.ndarray, succ_indices: np.ndarray,
+              succ_probs: np.ndarray, n: int, cols: np.ndarray | None = None, decay: float = 1.0) -> np.ndarray:
+    """Recency-weighted successor probability ``sum_r w_r P(i | r)`` over each user's recent items: (B, n) or (B, M).
+
+    ``recent`` (B, L) item indices, most recent first, -1 for none/unknown; ``n_recent`` (B,) how many slots count
+    (0: no item term); weights :func:`recency_weights` (``decay = 1``: the mean over the ``n_recent`` slots, an unknown
+    item counting as a zero row); ``cols`` (B, M) candidate indices ascending per row, padded with ``n``.
     """
     recent = np.asarray(recent, dtype=np.int64).reshape(len(n_recent), -1)
+    weights = recency_weights(n_recent, recent.shape[1], decay)
     out = np.zeros((len(n_recent), n if cols is None else cols.shape[1]))
     for slot in range(recent.shape[1]):
-        out += csr_lookup(succ_indptr, succ_indices, succ_probs, recent[:, slot], cols, n)
-    return out / np.maximum(np.asarray(n_recent, dtype=np.float64), 1.0)[:, None]
+        out += weights[:, slot][:, None] * csr_lookup(succ_indptr, succ_indices, succ_probs, recent[:, slot], cols, n)
+    return out
 
 
 def category_term(q: np.ndarray, pic: np.ndarray, cols: np.ndarray | None = None) -> np.ndarray:
