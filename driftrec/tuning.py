@@ -153,11 +153,15 @@ def with_settings(conf: Config, settings: dict) -> Config:
     return Config.model_validate(data)
 
 
-def latest(spark: SparkSession, conf: Config) -> TunedSettings | None:
-    """The most recent ``tuned_settings`` row, or None when the lakehouse has never been tuned."""
+def latest(spark: SparkSession, conf: Config, through: dt.date | None = None) -> TunedSettings | None:
+    """The ``tuned_settings`` row of the latest data (then the latest search), only among searches whose data ended
+    on or before ``through`` when given; None when there is none."""
     if not lakehouse.table_exists(spark, conf, TUNED_SETTINGS):
         return None
-    row = lakehouse.read_table(spark, conf, TUNED_SETTINGS).orderBy(F.desc("tuned_at"), F.desc("run_id")).first()
+    rows = lakehouse.read_table(spark, conf, TUNED_SETTINGS)
+    if through is not None:
+        rows = rows.where(F.col("data_through") <= F.lit(through))
+    row = rows.orderBy(F.desc("data_through"), F.desc("tuned_at"), F.desc("run_id")).first()
     if row is None:
         return None
     return TunedSettings(row["run_id"], row["tuned_at"], row["data_through"], json.loads(row["settings_json"]),

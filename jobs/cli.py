@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import logging
 import sys
 import time
 
@@ -77,7 +78,19 @@ def cmd_nightly(args) -> int:
     return nightly.run_from_args(_spark(conf, "driftrec-nightly"), conf, args)
 
 
+def _progress_logging() -> None:
+    """driftrec's own INFO lines on stderr (each step and its time) for the long commands; Spark's stay at WARN."""
+    logger = logging.getLogger("driftrec")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s", "%H:%M:%S"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
 def cmd_evaluate(args) -> int:
+    _progress_logging()
     conf = evaluate.config_from_arguments(args.parser, args)
     return evaluate.run_from_args(_spark(conf, "driftrec-evaluate"), conf, args)
 
@@ -85,6 +98,7 @@ def cmd_evaluate(args) -> int:
 def cmd_tune(args) -> int:
     from jobs import tune  # lazily: torch
 
+    _progress_logging()
     conf = config_from_args(args)
     return tune.run_from_args(_spark(conf, "driftrec-tune"), conf, args)
 

@@ -68,6 +68,19 @@ MODEL_SYSTEMS = {  # system -> (trained model, blend weight; None = topk.blend_w
 }
 
 
+class Timings(dict):
+    """Seconds per step; every step is logged as it ends, with the run's elapsed time (a run takes many minutes)."""
+
+    def __init__(self, protocol: str, started: float):
+        super().__init__()
+        self.protocol, self.started = protocol, started
+
+    def __setitem__(self, step: str, seconds: float) -> None:
+        super().__setitem__(step, seconds)
+        log.info("%s: %s done in %.1f s (%.0f s into the run)", self.protocol, step, seconds,
+                 time.perf_counter() - self.started)
+
+
 @dataclass
 class ProtocolResult:
     protocol: str
@@ -269,7 +282,8 @@ class EvaluationJob:
             train = split.train.cache()
             truth = split.truth.cache()
             users = truth.select("user_id").distinct().cache()
-            result = ProtocolResult(protocol, cutoff, users.count(), truth=truth)
+            result = ProtocolResult(protocol, cutoff, users.count(), truth=truth,
+                                    timings=Timings(protocol, t_start))
             if result.truth_users == 0:
                 raise ValueError(f"{protocol}: no user has events to predict after {cutoff}; move the cutoff")
             log.info("%s: built through %s, %d truth users", protocol, cutoff, result.truth_users)

@@ -47,11 +47,13 @@ class TopKReport:
     model_version: int
     new_items: int
     catalogue: int
+    tuned_run: str | None = None  # the tuned_settings row served, if any
 
     def summary(self) -> str:
         return (
             f"top-k {self.ds}: {self.rows} rows for {self.users} users, model v{self.model_version} "
             f"over {self.catalogue} items ({self.new_items} added since training)"
+            + (f"; tuned settings {self.tuned_run}" if self.tuned_run else "")
         )
 
 
@@ -126,15 +128,20 @@ def inferred_interest(events: DataFrame, item_cats: DataFrame, categories: list[
 
 class TopKJob:
     def __init__(self, spark: SparkSession, conf: Config):
+        self.spark, self.configured, self.conf = spark, conf, conf
+        self.tuned = None
+
+    def _serve_tuned(self, ds: dt.date) -> None:
+        """Apply the latest `driftrec tune` choice made on data through ``ds`` at most (``topk.use_tuned``): a rerun
+        of a past night serves what that night could have served, not a later choice."""
         from driftrec import tuning
 
-        self.spark = spark
-        # The latest `driftrec tune` choice replaces the configured blend and item-term settings (topk.use_tuned).
-        self.tuned = tuning.latest(spark, conf) if conf.topk.use_tuned else None
+        conf = self.configured
+        self.tuned = tuning.latest(self.spark, conf, through=ds) if conf.topk.use_tuned else None
         self.conf = tuning.with_settings(conf, self.tuned.settings) if self.tuned else conf
         if self.tuned:
-            log.info("serving tuned settings of run %s (%s): %s", self.tuned.run_id, self.tuned.tuned_at,
-                     self.tuned.settings)
+            log.info("serving tuned settings of run %s (data through %s): %s", self.tuned.run_id,
+                     self.tuned.data_through, self.tuned.settings)
 
     def _events(self, ds: dt.date) -> DataFrame:
         if not lakehouse.table_exists(self.spark, self.conf, EVENTS):
@@ -217,6 +224,7 @@ class TopKJob:
 
     def prepare(self, ds: dt.date) -> Prepared:
         """Model (checked first), broadcastable assets and the per-user input rows (materialised)."""
+        self._serve_tuned(ds)
         spark, conf, t = self.spark, self.conf, self.conf.topk
         events = self._events(ds)
         served = load_serving_model(spark, conf, events.select("item_id").distinct(), t.model_version)
@@ -258,7 +266,8 @@ class TopKJob:
     def run(self, ds: dt.date) -> TopKReport:
         rows, served, n_users = self.recommendations(ds)
         written = lakehouse.replace_where(self.spark, self.conf, RECOMMENDATIONS, rows, sqltext.equals("ds", ds))
-        report = TopKReport(ds, n_users, written, served.version, served.new_items, served.space.n_items)
+        report = TopKReport(ds, n_users, written, served.version, served.new_items, served.space.n_items,
+                            self.tuned.run_id if self.tuned else None)
         log.info(report.summary())
         return report
 

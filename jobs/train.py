@@ -31,7 +31,7 @@ from driftrec import lakehouse, registry, sqltext
 from driftrec.config import Config
 from driftrec.jobargs import add_run_id, base_parser, config_from_args, parse_date
 from driftrec.models.batches import ItemSpace, extend_space, valid_batch
-from driftrec.models.evaluation import hit_rate_at_k, ndcg_at_k, popularity_scores, target_ranks
+from driftrec.models.evaluation import hit_rate_at_k, ndcg_at_k, popularity_scores, target_ranks, valid_ranks
 from driftrec.models.protocol import SequenceModel, model_class, new_model
 from driftrec.spark import build_spark
 from driftrec.stage_runs import StageResult, run_recorded
@@ -53,27 +53,16 @@ class TrainReport:
     def summary(self) -> str:
         state = "PROMOTED to current" if self.promoted else "NOT promoted"
         m = self.metrics
+        # The checkpoint holds the best epoch by validation NDCG@10 (early stopping), not necessarily the last.
+        epochs = f"best epoch {m['best_epoch']} of {m['epochs_run']} run; " if "epochs_run" in m else ""
         return (
             f"model v{self.version} (trained through {self.trained_through}, "
             f"{'warm start from v' + str(self.warm_start_from) if self.warm_start_from else 'cold start'}): "
             f"{state}: {self.reason}\n  NDCG@10 {m.get('ndcg_at_10', float('nan')):.4f}, "
             f"current model {m.get('current_ndcg_at_10', float('nan')):.4f}, "
             f"popularity {m.get('popularity_ndcg_at_10', float('nan')):.4f} on {m.get('valid_users', 0)} users; "
-            f"{m.get('steady_samples_per_s', float('nan')):.0f} samples/s; checkpoint {self.checkpoint}"
+            f"{epochs}{m.get('steady_samples_per_s', float('nan')):.0f} samples/s; checkpoint {self.checkpoint}"
         )
-
-
-def evaluate(model: SequenceModel, space: ItemSpace, valid: pd.DataFrame, batch: int = 256) -> np.ndarray:
-    """0-based full-catalogue rank of each held-out item (ties by item index); n_items when out of catalogue."""
-    import torch
-
-    model.eval()
-    b = valid_batch(valid, space.index(), space.category_index(), len(space.categories), model.p.max_seq_len)
-    ranks = []
-    for s in range(0, len(valid), batch):
-        scores = model.score(torch.as_tensor(b["seq"][s : s + batch]), torch.as_tensor(b["interest"][s : s + batch]))
-        ranks.append(target_ranks(scores.numpy(), b["target"][s : s + batch] - 1))
-    return np.concatenate(ranks) if ranks else np.zeros(0, np.int64)
 
 
 def popularity_ranks(counts: pd.DataFrame, space: ItemSpace, valid: pd.DataFrame) -> np.ndarray:
@@ -127,7 +116,7 @@ def plan_start(current: Current | None, side: pd.DataFrame, ds: dt.date, conf: C
 def validation_metrics(candidate: SequenceModel, cand_space: ItemSpace, valid: pd.DataFrame, pop: pd.DataFrame,
                        start: Start, current: Current | None, fit_metrics: dict, sequences_version: int) -> dict:
     """The candidate's, popularity's and (like-for-like, on the same held-out events) the current model's scores."""
-    ranks = evaluate(candidate, cand_space, valid)
+    ranks = valid_ranks(candidate, cand_space, valid)
     pop_ranks = popularity_ranks(pop, cand_space, valid)
     metrics = {
         "ndcg_at_10": ndcg_at_k(ranks, 10),
@@ -137,15 +126,15 @@ def validation_metrics(candidate: SequenceModel, cand_space: ItemSpace, valid: p
         "n_items": start.space.n_items,
         "new_items": start.space.n_items - start.prior_items,
         "sequences_version": sequences_version,
-        **{k: fit_metrics[k] for k in ("loss", "samples_per_s", "steady_samples_per_s", "world_size")
-           if k in fit_metrics},
+        **{k: fit_metrics[k] for k in ("loss", "samples_per_s", "steady_samples_per_s", "world_size", "best_epoch",
+                                       "epochs_run", "valid_ndcg_at_10_best") if k in fit_metrics},
     }
     if current is not None:
         # The current model, grown to tonight's items when warm, on tonight's held-out events.
         row, old, old_space = current
         model, space = (start.model, start.space) if start.model is not None else (old, old_space)
         metrics["current_version"] = int(row["version"])
-        metrics["current_ndcg_at_10"] = ndcg_at_k(evaluate(model, space, valid), 10)
+        metrics["current_ndcg_at_10"] = ndcg_at_k(valid_ranks(model, space, valid), 10)
     return metrics
 
 
@@ -214,8 +203,11 @@ class TrainJob:
             ) from e
         return Current(cur, old, old_space)
 
-    def _fit(self, files: list[str], start: Start, ds: dt.date, version: int):
-        """Ray Train on tonight's sequences; ``(fit result, published checkpoint directory)``."""
+    def _fit(self, files: list[str], start: Start, ds: dt.date, version: int, valid: pd.DataFrame | None = None):
+        """Ray Train on tonight's sequences; ``(fit result, published checkpoint directory)``.
+
+        ``valid``: the held-out rows the loop scores after every epoch for early stopping (None: every epoch runs).
+        """
         from ray_trainers import sasrec_trainer
         from ray_trainers.data import read_training_sequences
         from ray_trainers.session import ensure_ray
@@ -232,6 +224,7 @@ class TrainJob:
             window_start=start.window_start,
             epochs=t.warm_epochs if start.model is not None else t.epochs,
             meta={"version": version, "trained_through": ds.isoformat(), "text_model": conf.embeddings.model},
+            valid=valid,
         )
         published = lake.model_version_dir(t.model_name, version)
         if lake.is_local:
@@ -258,9 +251,10 @@ class TrainJob:
         start = plan_start(current, self._side_info(events), ds, conf)
 
         version = registry.next_version(spark, conf)
-        fit, published = self._fit(files, start, ds, version)
-
+        # Read before training: early stopping scores these rows after every epoch, and the gate below scores the
+        # kept (best) epoch on them again.
         valid = self._valid(ds, sequences_version)
+        fit, published = self._fit(files, start, ds, version, valid if t.early_stopping_patience else None)
         pop = training_popularity(events, t.min_valid_events).toPandas()
         candidate, cand_space, _ = load_checkpoint(published)
         metrics = validation_metrics(candidate, cand_space, valid, pop, start, current, fit.metrics,

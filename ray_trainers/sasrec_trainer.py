@@ -9,6 +9,10 @@ so the same code runs under a local ``ray.init()`` and on a cluster. Gloo on CPU
 backend is chosen by Ray Train from ``use_gpu``). Rank 0 saves the unwrapped model with
 :func:`driftrec.models.checkpoint.save_checkpoint` and reports it through ``ray.train.Checkpoint``; a restarted
 worker group resumes from ``ray.train.get_checkpoint()``.
+
+Early stopping (``training.early_stopping_patience``): given validation rows, rank 0 scores them after every epoch
+(NDCG@10, :func:`driftrec.models.evaluation.valid_ranks`) and keeps the best epoch's weights; the stop decision goes
+to every rank through an all-reduce, and the final checkpoint holds the best epoch, not the last.
 """
 
 from __future__ import annotations
@@ -19,13 +23,14 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 
 from driftrec.config import TrainingConfig
 from driftrec.models.batches import ItemSpace
 from driftrec.models.protocol import ModelParams
 from ray_trainers.data import SEQUENCE_COLUMNS
 
-__all__ = ["SEQUENCE_COLUMNS", "FitResult", "fit", "train_loop_per_worker"]
+__all__ = ["SEQUENCE_COLUMNS", "EarlyStopper", "FitResult", "fit", "train_loop_per_worker"]
 
 
 @dataclass(frozen=True)
@@ -46,6 +51,32 @@ def _all_reduce(value: float, world: int, op: str) -> float:
     return float(t.item())
 
 
+class EarlyStopper:
+    """Patience on a validation score (higher is better) that keeps the best epoch's weights.
+
+    An epoch improves only when its score is strictly greater than the best so far (a tie keeps the earlier, less
+    trained epoch; a NaN never improves). :meth:`update` says stop once ``patience`` epochs in a row have not
+    improved; ``patience`` 0 never stops. The best weights are copied to CPU: on a GPU a second copy of the model
+    would take device memory from training.
+    """
+
+    def __init__(self, patience: int):
+        self.patience = patience
+        self.best_score = float("-inf")
+        self.best_epoch: int | None = None
+        self.best_state: dict | None = None
+        self.stale = 0  # epochs since the best
+
+    def update(self, epoch: int, score: float, model) -> bool:
+        """Record ``epoch``'s ``score`` (and ``model``'s weights when it is the best yet); True: stop now."""
+        if score > self.best_score:
+            self.best_score, self.best_epoch, self.stale = float(score), epoch, 0
+            self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        else:
+            self.stale += 1
+        return 0 < self.patience <= self.stale
+
+
 def train_loop_per_worker(config: dict) -> None:
     import ray
     import ray.train
@@ -54,6 +85,7 @@ def train_loop_per_worker(config: dict) -> None:
 
     from driftrec.models.batches import train_batch
     from driftrec.models.checkpoint import load_checkpoint, save_checkpoint
+    from driftrec.models.evaluation import ndcg_at_k, valid_ranks
     from driftrec.models.protocol import model_class
 
     ctx = ray.train.get_context()
@@ -71,7 +103,9 @@ def train_loop_per_worker(config: dict) -> None:
         with resume.as_directory() as d:
             restored, _, meta = load_checkpoint(d)
         model.load_state_dict(restored.state_dict())
-        start_epoch = int(meta.get("epoch", -1)) + 1
+        # The final checkpoint (it names its best epoch) ends the run even when early stopping ended it before
+        # config["epochs"]: its weights are the best epoch's, not a place to train on from.
+        start_epoch = config["epochs"] if "best_epoch" in meta else int(meta.get("epoch", -1)) + 1
     elif config.get("init_ref") is not None:  # nightly warm start (already grown to tonight's items)
         model.load_state_dict(ray.get(config["init_ref"]))
 
@@ -88,6 +122,11 @@ def train_loop_per_worker(config: dict) -> None:
     n_cats, max_len = params.n_categories, params.max_seq_len
     sampled = config["num_negatives"] if config["loss"] == "sampled" else 0
     rates: list[float] = []
+    # Early stopping: only rank 0 holds the validation rows and scores them; every rank runs the loop's all-reduce.
+    # A resumed run starts counting patience afresh from the restored weights.
+    early = config.get("valid_ref") is not None
+    valid: pd.DataFrame | None = ray.get(config["valid_ref"]) if early and rank == 0 else None
+    stopper = EarlyStopper(config["patience"]) if early else None
     # Progress: one line per epoch from rank 0, forwarded to the driver's console by Ray. A bar (Ray's tqdm) was
     # left open on the driver after training ended and kept re-rendering with a growing elapsed time.
     started = time.perf_counter()
@@ -125,19 +164,47 @@ def train_loop_per_worker(config: dict) -> None:
             "steady_samples_per_s": float(np.mean(rates[1:])) if len(rates) > 1 else rates[-1],
             "world_size": world,
         }
+        stop, scored = False, ""
+        if stopper is not None:
+            if rank == 0:
+                ndcg = ndcg_at_k(valid_ranks(core, space, valid, device=device), 10)  # eval mode, no_grad
+                core.train()
+                stop = stopper.update(epoch, ndcg, core)
+                metrics["valid_ndcg_at_10"] = ndcg
+                scored = (f", valid NDCG@10 {ndcg:.4f} (best {stopper.best_score:.4f} at epoch "
+                          f"{stopper.best_epoch + 1})")
+            # Every rank must run the same epochs (DDP again): rank 0's decision reaches the others here.
+            stop = _all_reduce(1.0 if stop else 0.0, world, "SUM") > 0
         if rank == 0:  # not print(): Ray Train patches it into a root-logger call that reaches the console twice
             sys.__stdout__.write(f"[driftrec train] epoch {epoch + 1}/{config['epochs']} on {world} worker(s): loss "
-                                 f"{metrics['loss']:.3f}, {rates[-1]:,.0f} positions/s, {elapsed:.1f} s "
+                                 f"{metrics['loss']:.3f}{scored}, {rates[-1]:,.0f} positions/s, {elapsed:.1f} s "
                                  f"({time.perf_counter() - started:.0f} s in all)\n")
+            if stop:
+                sys.__stdout__.write(f"[driftrec train] early stop after epoch {epoch + 1}: best NDCG@10 "
+                                     f"{stopper.best_score:.4f} at epoch {stopper.best_epoch + 1}\n")
             sys.__stdout__.flush()
+        last = stop or epoch == config["epochs"] - 1
         # Reports synchronise every worker with the controller: only at checkpoints, not every epoch.
-        if epoch == config["epochs"] - 1 or (epoch + 1) % config["checkpoint_every"] == 0:
+        if last or (epoch + 1) % config["checkpoint_every"] == 0:
+            extra = {}
+            if last:  # epochs 1-based, as the progress lines count them; best_epoch: the one the checkpoint holds
+                extra = {"epochs_run": epoch + 1, "best_epoch": epoch + 1}
+                # Rank 0 knows the best epoch (there is one: NDCG of a non-empty set is never NaN); all report it.
+                if stopper is not None:
+                    best = _all_reduce(stopper.best_epoch + 1.0 if rank == 0 else 0.0, world, "SUM")
+                    score = _all_reduce(stopper.best_score if rank == 0 else 0.0, world, "SUM")
+                    extra.update(best_epoch=int(best), valid_ndcg_at_10_best=score)
+                    if rank == 0:
+                        core.load_state_dict(stopper.best_state)
+                metrics.update(extra)
             if rank == 0:
                 with tempfile.TemporaryDirectory() as tmp:
-                    save_checkpoint(tmp, core, space, {"epoch": epoch, **config["meta"]})
+                    save_checkpoint(tmp, core, space, {"epoch": epoch, **extra, **config["meta"]})
                     ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
             else:
                 ray.train.report(metrics)
+        if stop:
+            break
 
 
 def fit(
@@ -153,9 +220,14 @@ def fit(
     window_start: int = 0,
     epochs: int | None = None,
     meta: dict | None = None,
+    valid: pd.DataFrame | None = None,
 ) -> FitResult:
     """Train a ``model`` (default ``training.model``) with ``params`` on ``train_ds`` (``SEQUENCE_COLUMNS`` of
     training_sequences rows, :func:`ray_trainers.data.read_training_sequences`) with a TorchTrainer.
+
+    ``epochs`` (default ``training.epochs``) is the most that run: with ``valid`` rows (split 'valid') and
+    ``training.early_stopping_patience`` > 0 training stops early and the checkpoint holds the best epoch; the
+    metrics then carry ``valid_ndcg_at_10_best``, and always ``best_epoch`` and ``epochs_run`` (1-based).
 
     Needs ``ray.init()`` done. On a node whose CPUs all go to training workers, pass a materialized dataset with no
     pending operators: Ray Data gets no CPU there to run them.
@@ -182,6 +254,9 @@ def fit(
         "checkpoint_every": max(n_epochs, 1),
         "torch_threads": max(int(tcfg.cpus_per_worker), 1) if not tcfg.use_gpu else 0,
         "meta": meta or {},
+        # No rows (or patience 0): nothing to score, every epoch runs and the last one is kept.
+        "valid_ref": ray.put(valid) if valid is not None and len(valid) and tcfg.early_stopping_patience else None,
+        "patience": tcfg.early_stopping_patience,
     }
     resources = {"CPU": tcfg.cpus_per_worker}
     if tcfg.use_gpu:

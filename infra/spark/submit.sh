@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # spark-submit one driftrec job on a cluster.
 #   infra/spark/submit.sh JOB [job flags...]
-#   JOB: ingest | migrate | embed_items | train | topk | nightly | forget_user | evaluate
+#   JOB: ingest | migrate | embed_items | train | topk | nightly | forget_user | evaluate | tune
 #   e.g. infra/spark/submit.sh migrate --date 2026-11-29 --config /etc/driftrec/prod.toml
+#        infra/spark/submit.sh tune --config /etc/driftrec/prod.toml   (weekly; see infra/airflow/driftrec_tune.py)
 # Environment:
 #   SPARK_MASTER     (default: yarn)        DEPLOY_MODE (default: client)
 #   DRIFTREC_ENV     packed venv from infra/spark/pack_env.sh (default: dist/driftrec-env.tar.gz)
@@ -15,8 +16,8 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 JOB="${1:?usage: submit.sh JOB [flags...]}"
 shift
 case "$JOB" in
-  ingest|migrate|embed_items|train|topk|nightly|forget_user|evaluate) ;;
-  *) echo "submit.sh: unknown job '$JOB' (ingest, migrate, embed_items, train, topk, nightly, forget_user, evaluate)" >&2; exit 2 ;;
+  ingest|migrate|embed_items|train|topk|nightly|forget_user|evaluate|tune) ;;
+  *) echo "submit.sh: unknown job '$JOB' (ingest, migrate, embed_items, train, topk, nightly, forget_user, evaluate, tune)" >&2; exit 2 ;;
 esac
 APP="$REPO/jobs/$JOB.py"
 ENV_ARCHIVE="${DRIFTREC_ENV:-$REPO/dist/driftrec-env.tar.gz}"
