@@ -176,4 +176,4 @@ def record(spark: SparkSession, conf: Config, tuned: TunedSettings) -> None:
         "tuned_at timestamp, run_id string, data_through date, settings_json string, validation_ndcg double, "
         "default_ndcg double, users long, search_json string",
     )
-    lakehouse.merge_upsert(spark, conf, TUNED_SETTINGS, df)
+    lakehouse.merge_upsert(spark, conf, TUNED_SETTINGS, df, update_when="true", metrics=False)

@@ -239,8 +239,8 @@ class TopKJob:
         """The night's rows (not written): ``(recommendations rows, serving model, users scored)``."""
         from spark_udfs.topk import OUTPUT_SCHEMA, topk_udf
 
+        prep = self.prepare(ds)  # applies the tuned settings: read the configuration after it
         spark, conf, t = self.spark, self.conf, self.conf.topk
-        prep = self.prepare(ds)
         served = prep.served
         parts = t.partitions or spark.sparkContext.defaultParallelism
         scored = (

@@ -204,11 +204,19 @@ def blend_scores(model_p: np.ndarray, migration: np.ndarray, weight: np.ndarray,
     raise ValueError(f"unknown blend mode {mode!r}: expected 'linear' or 'log'")
 
 
+def migrating_flags(pdf: pd.DataFrame) -> np.ndarray:
+    """(B,) bool: the ``migrating`` column, a missing flag (no drift row, or no column) read as not migrating."""
+    if "migrating" not in pdf.columns:
+        return np.zeros(len(pdf), dtype=bool)
+    return np.asarray(pdf["migrating"].eq(True).fillna(False), dtype=bool)
+
+
 def user_weights(assets: ScoringAssets, pdf: pd.DataFrame, known: np.ndarray) -> np.ndarray:
     """(B,) migration weight per user: the gate's for migrating users, the blend's otherwise, 1 without history."""
     w = np.full(len(pdf), float(assets.blend))
     if assets.blend_migrating is not None and "migrating" in pdf.columns:
-        w = np.where(pdf["migrating"].fillna(False).to_numpy(dtype=bool), float(assets.blend_migrating), w)
+        migrating = migrating_flags(pdf)
+        w = np.where(migrating, float(assets.blend_migrating), w)
     return np.where(known, w, 1.0)
 
 

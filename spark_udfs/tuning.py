@@ -15,7 +15,15 @@ import pandas as pd
 
 from driftrec import tuning
 from driftrec.migration import kernels
-from spark_udfs.topk import ScoringAssets, _has_history, blend_scores, build_model, model_probabilities, recent_matrix
+from spark_udfs.topk import (
+    ScoringAssets,
+    _has_history,
+    blend_scores,
+    build_model,
+    migrating_flags,
+    model_probabilities,
+    recent_matrix,
+)
 
 SUMS_SCHEMA = "segment string, stage string, combo int, gain double, users long"
 
@@ -64,7 +72,7 @@ def score_validation(assets: ScoringAssets, pdf: pd.DataFrame, stage: str, engin
     if len(pdf) == 0:
         return pd.DataFrame(columns=[c.split()[0] for c in SUMS_SCHEMA.split(", ")])
     truth = assets.index.get_indexer(pdf["truth_item"].to_numpy(dtype=np.int64))
-    migrating = pdf["migrating"].fillna(False).to_numpy(dtype=bool) if "migrating" in pdf else np.zeros(len(pdf), bool)
+    migrating = migrating_flags(pdf)
     segment = np.where(migrating, tuning.MIGRATING, tuning.STABLE)
     slots, n_hist, category = _engine_parts(assets, pdf)
     rows: list[tuple] = []

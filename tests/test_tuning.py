@@ -93,7 +93,7 @@ def test_engine_grid_tries_one_decay_for_one_recent_item_and_blend_grid_is_modes
     default = make_conf(tmp_path)
     t = default.tuning
     n_multi = sum(1 for n in set(t.recent_items) if n > 1)
-    assert len(tuning.engine_grid(default)) == len(t.item_term_weights) * (1 + n_multi * len(t.recent_decays)) == 60
+    assert len(tuning.engine_grid(default)) == len(t.item_term_weights) * (1 + n_multi * len(t.recent_decays))
     assert len(tuning.blend_grid(default)) == 2 * 11
     assert tuning.blend_grid(default)[:2] == [BC("linear", 0.0), BC("linear", 0.1)]
     assert tuning.blend_grid(default)[11] == BC("log", 0.0)
@@ -500,18 +500,27 @@ def test_tune_chooses_settings_the_top_k_job_reproduces_and_serves(spark, tuned_
     configured_ndcg, _ = _validation_ndcg(spark, conf, tuned, {})
     assert configured_ndcg == pytest.approx(tuned.default_ndcg, abs=1e-9)
 
-    # The nightly top-k serves the choice; with topk.use_tuned=false it keeps the configured values.
-    served = TopKJob(spark, conf)
-    assert served.tuned.run_id == "t-1"
-    for section, values in settings.items():
-        for key, value in values.items():
-            assert getattr(getattr(served.conf, section), key) == value, (section, key)
-    plain = TopKJob(spark, scratch.with_sections(conf, topk={"use_tuned": False}))
-    assert plain.tuned is None
-    assert (plain.conf.topk.blend_weight, plain.conf.topk.blend_weight_migrating, plain.conf.topk.blend_mode) == (
-        conf.topk.blend_weight, conf.topk.blend_weight_migrating, conf.topk.blend_mode) == (0.6, None, "linear")
-    assert (plain.conf.migration.item_term_weight, plain.conf.migration.recent_items,
-            plain.conf.migration.recent_decay) == (0.5, 3, 1.0)
+    # The nightly top-k serves the choice from the first night after the tuned data on (never on an earlier night: a
+    # rerun of a past night serves what it could have served); with topk.use_tuned=false the configured values.
+    configured = (conf.topk.blend_weight, conf.topk.blend_weight_migrating, conf.topk.blend_mode,
+                  conf.migration.item_term_weight, conf.migration.recent_items, conf.migration.recent_decay)
+    assert configured == (0.6, None, "linear", 0.5, 3, 1.0)
+
+    def serving(job_conf, ds):
+        job = TopKJob(spark, job_conf)
+        job._serve_tuned(ds)  # what prepare(ds) applies before it loads anything
+        c = job.conf
+        return job.tuned, (c.topk.blend_weight, c.topk.blend_weight_migrating, c.topk.blend_mode,
+                           c.migration.item_term_weight, c.migration.recent_items, c.migration.recent_decay)
+
+    for ds in (tuned.data_through, tuned.data_through + dt.timedelta(days=1), tuned.data_through + dt.timedelta(30)):
+        served, values = serving(conf, ds)
+        assert served.run_id == "t-1", ds
+        assert values == (top["blend_weight"], top["blend_weight_migrating"], top["blend_mode"],
+                          *(settings["migration"][k] for k in ("item_term_weight", "recent_items", "recent_decay")))
+    assert serving(conf, tuned.data_through - dt.timedelta(days=1)) == (None, configured)
+    assert serving(scratch.with_sections(conf, topk={"use_tuned": False}),
+                   tuned.data_through + dt.timedelta(days=1)) == (None, configured)
 
     # A rerun of the same run id (the search again on the same scratch model) replaces its row: still one row, the
     # new time, the same (deterministic) choice.
