@@ -81,6 +81,16 @@ def load_lakehouse(spark, conf, data_dir: Path) -> int:
     return lakehouse.read_table(spark, conf, EVENTS).count()
 
 
+def bench_config(root: Path, args):
+    """The run's config: the root set as given (never pasted into TOML), so any character in the path survives."""
+    return load_config(overrides=[
+        'lakehouse.database="bench_migration"',
+        f"spark.shuffle_partitions={args.shuffle_partitions}", f'spark.driver_memory="{args.driver_memory}"',
+        'spark.conf={"spark.databricks.delta.snapshotPartitions" = "4"}',
+        *([f"migration.commit_every_nights={args.commit_every}"] if args.commit_every else []),
+    ], values={"lakehouse.root": str(root)})
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True, help="work directory (data + lakehouse)")
@@ -102,12 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.time()
         info = write_dataset(cfg, data_dir)
         print(f"generated {info['n_events']} events in {time.time() - t0:.1f}s -> {data_dir}", flush=True)
-    conf = load_config(overrides=[
-        f'lakehouse.root="{out / "lakehouse"}"', 'lakehouse.database="bench_migration"',
-        f"spark.shuffle_partitions={args.shuffle_partitions}", f'spark.driver_memory="{args.driver_memory}"',
-        'spark.conf={"spark.databricks.delta.snapshotPartitions" = "4"}',
-        *([f"migration.commit_every_nights={args.commit_every}"] if args.commit_every else []),
-    ])
+    conf = bench_config(out / "lakehouse", args)
     spark = build_spark(conf, app_name="bench-migration", local=True)
     spark.sparkContext.setLogLevel("ERROR")
     # Each night's summary line (driftrec.migrate logs one per night), timestamped, as progress.

@@ -68,6 +68,16 @@ def instrument() -> None:
         _grouped(lakehouse, fn, lambda spec: f"write:{spec.logical}")
 
 
+def bench_config(root: Path, i: int, n_threads: int, args):
+    """Lakehouse ``i``'s config: the root set as given (never pasted into TOML), so any character survives."""
+    return load_config(overrides=[
+        f'lakehouse.database="bench_night_jobs{i}"',
+        'pipeline.stages=["migrate"]', f"spark.write_threads={n_threads}",
+        f"spark.shuffle_partitions={args.shuffle_partitions}", f'spark.driver_memory="{args.driver_memory}"',
+        'spark.conf={"spark.ui.retainedJobs" = "100000"}',  # the status store keeps every job counted
+    ], values={"lakehouse.root": str(root)})
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("/tmp/bench_night_jobs"), help="work directory")
@@ -103,12 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     info = write_dataset(cfg, data)
 
     def config(i: int, n_threads: int):
-        return load_config(overrides=[
-            f'lakehouse.root="{out / f"lakehouse{i}"}"', f'lakehouse.database="bench_night_jobs{i}"',
-            'pipeline.stages=["migrate"]', f"spark.write_threads={n_threads}",
-            f"spark.shuffle_partitions={args.shuffle_partitions}", f'spark.driver_memory="{args.driver_memory}"',
-            'spark.conf={"spark.ui.retainedJobs" = "100000"}',  # the status store keeps every job counted
-        ])
+        return bench_config(out / f"lakehouse{i}", i, n_threads, args)
 
     spark = build_spark(config(0, threads[0]), app_name="bench-night-jobs", local=True)
     spark.sparkContext.setLogLevel("ERROR")

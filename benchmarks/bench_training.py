@@ -52,6 +52,16 @@ def load_movielens(spark, conf, data: Path) -> tuple[int, int]:
     return len(ratings), last
 
 
+def bench_config(root: Path, args, *extra: str):
+    """The run's config plus ``extra`` overrides: the root set as given (never pasted into TOML), so any character
+    in the path survives."""
+    from driftrec.config import load_config
+
+    return load_config(overrides=['lakehouse.database="bench"', "spark.shuffle_partitions=4",
+                                  f"training.epochs={args.epochs}", "training.warm_start=false", *args.overrides,
+                                  *extra], values={"lakehouse.root": str(root)})
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
@@ -64,16 +74,13 @@ def main(argv: list[str] | None = None) -> int:
 
     import ray
 
-    from driftrec.config import load_config
     from driftrec.spark import build_spark
     from jobs.embed_items import EmbedItemsJob
     from jobs.train import TrainJob
 
     tmp = None
     root = args.lakehouse or Path(tmp := tempfile.mkdtemp(prefix="driftrec-bench-"))
-    base = [f'lakehouse.root="{root}"', 'lakehouse.database="bench"', "spark.shuffle_partitions=4",
-            f"training.epochs={args.epochs}", "training.warm_start=false", *args.overrides]
-    conf = load_config(overrides=base)
+    conf = bench_config(root, args)
     spark = build_spark(conf, app_name="driftrec-bench", local=True)
     figures: dict = {"data": str(args.data), "epochs": args.epochs}
     t0 = time.perf_counter()
@@ -88,8 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     figures["runs"] = []
     for workers, text in runs:
         name = f"bench-w{workers}-{'text' if text else 'random'}"
-        c = load_config(overrides=[*base, f"training.num_workers={workers}", f"training.use_text={str(text).lower()}",
-                                   f'training.model_name="{name}"'])
+        c = bench_config(root, args, f"training.num_workers={workers}", f"training.use_text={str(text).lower()}",
+                         f'training.model_name="{name}"')
         t0 = time.perf_counter()
         rep = TrainJob(spark, c).run(last)
         m = rep.metrics

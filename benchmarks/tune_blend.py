@@ -67,6 +67,14 @@ def blend_grid(assets, pdf: pd.DataFrame, targets: np.ndarray, grid=GRID, batch:
     return pd.DataFrame(out)
 
 
+def bench_config(root: Path, args):
+    """The run's config: the root set as given (never pasted into TOML), so any character in the path survives."""
+    from driftrec.config import load_config
+
+    return load_config(overrides=['lakehouse.database="tune_blend"', "spark.shuffle_partitions=4",
+                                  "topk.all_users=true", *args.overrides], values={"lakehouse.root": str(root)})
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True, help="work directory (lakehouse, figures)")
@@ -77,7 +85,6 @@ def main(argv: list[str] | None = None) -> int:
     from pyspark.sql import functions as F
 
     from driftrec import lakehouse
-    from driftrec.config import load_config
     from driftrec.spark import build_spark
     from driftrec.synthetic import write_dataset
     from driftrec.tables import EVENTS
@@ -89,8 +96,7 @@ def main(argv: list[str] | None = None) -> int:
 
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    conf = load_config(overrides=[f'lakehouse.root="{out / "lakehouse"}"', 'lakehouse.database="tune_blend"',
-                                  "spark.shuffle_partitions=4", "topk.all_users=true", *args.overrides])
+    conf = bench_config(out / "lakehouse", args)
     spark = build_spark(conf, app_name="tune-blend", local=True)
     spark.sparkContext.setLogLevel("ERROR")
     figures: dict = {"synthetic": conf.synthetic.model_dump(), "training_epochs": conf.training.epochs}

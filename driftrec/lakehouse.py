@@ -410,24 +410,32 @@ def merge_upsert(
     update_when: str | None = None,
     target_filter: str | None = None,
     metrics: bool = True,
+    carry: tuple[str, ...] = (),
 ) -> MergeResult | None:
     """MERGE ``df`` into the table on its key: insert new keys, update matched ones where ``update_when`` holds.
 
     ``target_filter`` (an SQL predicate on ``t``) narrows the target scan, e.g. to the partitions the batch
     touches, so a night's MERGE does not read the whole history. ``metrics=False`` skips reading the commit's
-    row counts back (a history query) and returns ``None``.
+    row counts back (a history query) and returns ``None``. ``carry``: columns of ``df`` outside the table that
+    ``update_when`` reads (as ``s.<name>``); they are never written.
     """
     if not spec.key:
         raise ValueError(f"table {spec.logical} has no key to MERGE on")
     table = ensure_table(spark, conf, spec)
-    source = conform(df, spec)
+    source = conform(df, spec, keep=carry)
     on = " AND ".join(f"t.{k} = s.{k}" for k in spec.key)
     if target_filter:
         on = f"({target_filter}) AND {on}"
     merge = table.alias("t").merge(source.alias("s"), on)
-    if update_when is not None:
-        merge = merge.whenMatchedUpdateAll(condition=update_when)
-    merge.whenNotMatchedInsertAll().execute()
+    if carry:  # the table's columns only, by name: the carried ones must not reach it
+        values = {f.name: f"s.{f.name}" for f in spec.schema.fields}
+        if update_when is not None:
+            merge = merge.whenMatchedUpdate(condition=update_when, set=values)
+        merge.whenNotMatchedInsert(values=values).execute()
+    else:
+        if update_when is not None:
+            merge = merge.whenMatchedUpdateAll(condition=update_when)
+        merge.whenNotMatchedInsertAll().execute()
     return _merge_result(table) if metrics else None
 
 
@@ -510,15 +518,44 @@ def restore_version(spark: SparkSession, conf: Config, spec: TableSpec, version:
 EMPTY_VERSION = -1
 
 
-def restore_problem(spark: SparkSession, conf: Config, spec: TableSpec, version: int) -> str | None:
-    """Why :func:`restore_version` to ``version`` would fail, or ``None`` when it can run.
+# The ``userMetadata`` of every commit an erasure (forget-user) makes, so that no restore goes back past it.
+ERASURE_MARK = "driftrec:erasure"
+_USER_METADATA = "spark.databricks.delta.commitInfo.userMetadata"
 
-    Delta's RESTORE needs every data file of the target version; VACUUM (e.g. after a forget-user) may have deleted
-    some. Checked without changing anything, so a caller restoring several tables can check them all first: the
-    version's file list from the Delta log (a failure to read it, e.g. a cleaned-up log, is a problem too), then
-    each file's existence on storage.
+
+@contextmanager
+def erasure_commits(spark: SparkSession) -> Iterator[None]:
+    """Mark every Delta commit made in the block as an erasure's (``userMetadata`` :data:`ERASURE_MARK`): a
+    restore to a version before one would bring the erased rows back (:func:`erasure_after`)."""
+    with session_conf(spark, {_USER_METADATA: ERASURE_MARK}):
+        yield
+
+
+def erasure_after(spark: SparkSession, conf: Config, spec: TableSpec, version: int) -> int | None:
+    """The first version after ``version`` committed by an erasure (:func:`erasure_commits`), ``None`` if none.
+
+    Reads only the commits after ``version`` (Delta's history of the latest ``current - version`` commits)."""
+    current = table_version(spark, conf, spec)
+    if current <= version:
+        return None
+    table = DeltaTable.forPath(spark, conf.table_path(spec.logical))
+    rows = (table.history(current - version)
+            .where((F.col("version") > version) & (F.col("userMetadata") == F.lit(ERASURE_MARK)))
+            .select(F.min("version").alias("v")).collect())
+    return None if rows[0]["v"] is None else int(rows[0]["v"])
+
+
+def restore_problem(spark: SparkSession, conf: Config, spec: TableSpec, version: int) -> str | None:
+    """Why :func:`restore_version` to ``version`` would fail or must not run, or ``None`` when it can run.
+
+    Would fail: Delta's RESTORE needs every data file of the target version, and VACUUM (e.g. after a forget-user)
+    may have deleted some. Must not: an erasure (forget-user, :func:`erasure_commits`) committed on the table after
+    ``version``; restoring would bring the erased users' rows back, even while the old files still exist (the
+    default retention keeps them for 168 h). Checked without changing anything, so a caller restoring several
+    tables can check them all first: the version's file list from the Delta log (a failure to read it, e.g. a
+    cleaned-up log, is a problem too), each file's existence on storage, then the commits since the version.
     """
-    if version == EMPTY_VERSION:
+    if version == EMPTY_VERSION:  # emptying the table brings no row back and needs no file
         return None
     try:
         files = read_table_at(spark, conf, spec, version).inputFiles()
@@ -536,6 +573,10 @@ def restore_problem(spark: SparkSession, conf: Config, spec: TableSpec, version:
     if missing:
         return (f"{spec.logical} v{version}: {len(missing)} of its {len(files)} data files are gone from storage "
                 f"(vacuumed), e.g. {missing[0]}")
+    erased = erasure_after(spark, conf, spec, version)
+    if erased is not None:
+        return (f"{spec.logical} v{version}: users were erased from it at v{erased} (forget-user); restoring an "
+                "older version would bring their rows back")
     return None
 
 

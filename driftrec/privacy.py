@@ -8,12 +8,17 @@ by pseudonym only on a pseudonymised lakehouse, so the raw id never reaches a pr
 and it refuses to run without the key on one, where raw ids would match nothing and erase nothing.
 
 A lakehouse ingested before this property existed has none; forget-user then trusts ``privacy.pseudonymise_users``
-and, with it on, deletes by pseudonym only.
+(with it on, it deletes by pseudonym only) as long as the ids so formed match event rows, and refuses before any
+delete when they match none (:func:`check_unrecorded`): an erasure that looked for the wrong form of the ids would
+delete nothing and look like success.
 """
 
 from __future__ import annotations
 
+import os
+
 from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
 
 from driftrec import lakehouse
 from driftrec.config import Config, ConfigError
@@ -25,6 +30,10 @@ RAW, PSEUDONYMISED, MIXED = "raw", "pseudonymised", "mixed"
 
 class PrivacyModeError(ConfigError):
     """The run's ``privacy.pseudonymise_users`` does not fit the ids the lakehouse stores."""
+
+
+class UnverifiedErasureError(PrivacyModeError):
+    """An erasure on a lakehouse without the record matched no event: it may have looked for the wrong form of id."""
 
 
 def recorded(spark: SparkSession, conf: Config) -> str | None:
@@ -72,3 +81,48 @@ def stored_ids(spark: SparkSession, conf: Config, user_ids: list[int]) -> list[i
     pseudonyms = {pseudonymise_id(u, key) for u in user_ids}
     # mixed: rows from before pseudonymisation hold the raw ids themselves (already stored, so no new exposure)
     return sorted(pseudonyms | set(user_ids)) if kind == MIXED else sorted(pseudonyms)
+
+
+def check_unrecorded(spark: SparkSession, conf: Config, user_ids: list[int], stored: list[int]) -> None:
+    """Refuse, before any delete, an erasure that would match no event on a lakehouse without the record.
+
+    ``user_ids``: the ids as the request names them; ``stored``: the ids the run will delete (:func:`stored_ids`).
+    Nothing to check where the record exists (the ids' form is known) or no events table does. Without it, when
+    ``stored`` matches no event row: run without ``privacy.pseudonymise_users`` but with the pseudonym key set, the
+    pseudonyms are counted too, and a match refuses with :class:`PrivacyModeError` naming the flag; otherwise
+    :class:`UnverifiedErasureError`, since "not here" cannot be told from "stored in the other form". The raw ids
+    reach only a read's filter, and only where they are what the run would delete anyway (the flag off); no error
+    names an id.
+    """
+    if not lakehouse.table_exists(spark, conf, EVENTS) or recorded(spark, conf) is not None:
+        return
+    events = lakehouse.read_table(spark, conf, EVENTS).select("user_id")
+    if events.where(F.col("user_id").isin(stored)).limit(1).count():
+        return
+    flag, env = conf.privacy.pseudonymise_users, conf.privacy.pseudonym_key_env
+    unrecorded = (f"this lakehouse does not record which form of user ids it stores (events property {PROPERTY} "
+                  "is absent: it was ingested before the record existed)")
+    checked, note = ("their pseudonyms", "") if flag else (
+        "the ids as given", f"; no pseudonym key is set in ${env} to check whether they are stored pseudonymised")
+    if not flag and os.environ.get(env):
+        from driftrec.pseudonym import PseudonymKeyError, key_from_env, pseudonymise_id
+
+        try:
+            key = key_from_env(conf)
+        except PseudonymKeyError:
+            key = None
+        if key is not None:
+            pseudonyms = sorted({pseudonymise_id(u, key) for u in user_ids})
+            if events.where(F.col("user_id").isin(pseudonyms)).limit(1).count():
+                raise PrivacyModeError(
+                    f"forget-user: {unrecorded}; the {len(user_ids)} id(s) given match no event row, but their "
+                    f"pseudonyms under the key in ${env} do: this lakehouse stores pseudonymised ids. Nothing was "
+                    "deleted: run with --set privacy.pseudonymise_users=true")
+            checked, note = f"the ids as given and their pseudonyms under the key in ${env}", ""
+    path = conf.table_path(EVENTS.logical)
+    raise UnverifiedErasureError(
+        f"forget-user: for the {len(user_ids)} id(s) given, {checked} match no event row, and {unrecorded}{note}. "
+        "An erasure that matches nothing cannot be told from one that looked for the wrong form of id, so nothing "
+        f"was deleted. Record the form once, e.g. ALTER TABLE delta.`{path}` SET TBLPROPERTIES ('{PROPERTY}' = "
+        f"'{RAW}') (or '{PSEUDONYMISED}', then run with --set privacy.pseudonymise_users=true and the key in "
+        f"${env}), and rerun: with the form recorded, ids found nowhere are erased as absent.")

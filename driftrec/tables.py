@@ -352,12 +352,14 @@ MODEL_REGISTRY = TableSpec(
 ALL_TABLES += (ITEM_TEXT_EMBEDDINGS, ITEM_TOPICS, TRAINING_SEQUENCES, MODEL_REGISTRY)
 
 
-def conform(df: DataFrame, spec: TableSpec) -> DataFrame:
-    """Select exactly the table's columns, cast to its types, in its order; fail naming any missing column."""
+def conform(df: DataFrame, spec: TableSpec, keep: tuple[str, ...] = ()) -> DataFrame:
+    """Select exactly the table's columns, cast to its types, in its order; fail naming any missing column.
+
+    ``keep``: columns of ``df`` kept after them as they are (e.g. a MERGE source's flags its clauses read)."""
     missing = [f.name for f in spec.schema.fields if f.name not in df.columns]
     if missing:
         raise ValueError(f"cannot write {spec.logical}: missing column(s) {missing}")
-    return df.select([F.col(f.name).cast(f.dataType).alias(f.name) for f in spec.schema.fields])
+    return df.select([F.col(f.name).cast(f.dataType).alias(f.name) for f in spec.schema.fields] + list(keep))
 
 
 # --- nightly top-k (issue 5) ---

@@ -9,7 +9,13 @@ on storage (so a table added later is covered without touching this file), plus 
 (:func:`driftrec.pseudonym.pseudonymise_id`) are deleted, never the raw ids themselves unless the lakehouse recorded
 raw rows from before pseudonymisation was switched on (:mod:`driftrec.privacy`): the DELETE commit records its
 predicate, and a raw id there would sit beside its pseudonym. Without the flag on a pseudonymised lakehouse the job
-refuses (raw ids would match nothing).
+refuses (raw ids would match nothing). On a lakehouse that does not record its ids' form (ingested before the
+record existed) it refuses, before any delete, a request whose ids match no event row
+(:func:`driftrec.privacy.check_unrecorded`): an erasure that erased nothing must not exit 0.
+
+Its DELETE and REORG commits carry the ``userMetadata`` :data:`driftrec.lakehouse.ERASURE_MARK`: a migration rewind
+never restores a version from before them (:func:`driftrec.lakehouse.restore_problem`), even while VACUUM has not yet
+removed the old files, and recomputes from the stored events instead.
 
 Aggregates are not rewritten: ``item_transition_counts``, ``item_transitions``, ``category_transitions``,
 ``item_popularity``, the trained models (``model_registry`` and their checkpoints) and ``drift_params`` hold no
@@ -167,14 +173,17 @@ class ForgetUserJob:
 
     def run(self, user_ids: list[int], vacuum: bool = True, retention_hours: float | None = None) -> ForgetReport:
         """Delete, then VACUUM; holds the run lock so it never races a `driftrec nightly` run's writes."""
-        ids = self.stored_ids(check_user_ids(user_ids))
+        given = check_user_ids(user_ids)
+        ids = self.stored_ids(given)
         hours = self._retention(retention_hours) if vacuum else None
         report = ForgetReport(users=len(ids), retention_hours=hours)
         specs = self.targets()
         run_id = f"forget-user-{uuid.uuid4().hex[:6]}"
         with RunLock(self.spark, self.conf, run_id) as lock:
             stage_runs.fail_abandoned(self.spark, self.conf, lock.taken_over, run_id)
-            self._delete(specs, ids, report)
+            privacy.check_unrecorded(self.spark, self.conf, given, ids)
+            with lakehouse.erasure_commits(self.spark):  # no rewind may restore a version from before them
+                self._delete(specs, ids, report)
             if hours is not None:
                 self._vacuum([s for s, t in zip(specs, report.tables) if t.rows_deleted], hours, report)
         return report

@@ -4,6 +4,9 @@ Idempotent by construction: events MERGE on a content key (user, item, type, tim
 quarantine rows on a hash of source, row and reason, so loading the same file twice adds nothing. Every source's
 columns are checked, and every byte of every source read (and cached), before the first write: a missing column
 or an unreadable file (a truncated Parquet file, say) fails the run naming it and leaves every table as it was.
+Then all sources are written together, one commit per table (one MERGE of every events source, one of every items
+source, one of every source's quarantined rows), so a write that fails (a Delta conflict, a table constraint)
+leaves that table without any of the run's rows, the same rows and values as merging the sources one by one.
 
 With ``privacy.pseudonymise_users`` user ids are replaced by keyed pseudonyms (:mod:`driftrec.pseudonym`) before
 the event key is derived, and in quarantined rows too; a missing key fails the run before its first write.
@@ -15,13 +18,14 @@ Under spark-submit::
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from driftrec import lakehouse, privacy, sqltext
@@ -48,6 +52,9 @@ _MAX_DATE_LIST = 1000
 
 @dataclass
 class SourceReport:
+    """One source's counts. ``rows_inserted``/``rows_updated``: what the run's one MERGE did with this source's
+    rows; a key several sources of the run carry counts once, for the source whose row is stored."""
+
     target: str
     source: str
     rows_read: int = 0
@@ -74,6 +81,16 @@ class IngestReport:
                 f"updated {s.rows_updated}, duplicates {s.rows_duplicate}, quarantined {s.rows_quarantined}"
             )
         return "\n".join(lines)
+
+
+@dataclass
+class _Prepared:
+    """One source, validated: its report so far, its valid rows (cached), those deduplicated, its rejected rows."""
+
+    report: SourceReport
+    valid: DataFrame
+    unique: DataFrame
+    bad: DataFrame
 
 
 class IngestJob:
@@ -117,11 +134,23 @@ class IngestJob:
         if any(s.target == "events" for s in sources):  # raw or pseudonymised ids: recorded (or refused) first
             privacy.record_ingest(self.spark, self.conf, pseudonymised=key is not None)
         report = IngestReport(run_id=uuid.uuid4().hex[:12])
-        for src, raw, n in loaded:
-            rep = self._load_events(src, raw, n, key) if src.target == "events" else self._load_items(src, raw, n)
+        prepared: list[_Prepared] = []
+        try:
+            for src, raw, n in loaded:
+                prepared.append(self._prepare(src, raw, n, key))
+            # One commit per table for all sources together: a write that fails leaves that table as it was.
+            self._merge(EVENTS, [p for p in prepared if p.report.target == "events"])
+            self._merge(ITEMS, [p for p in prepared if p.report.target == "items"])
+            self._quarantine(prepared)
+        finally:
+            for _, raw, _ in loaded:
+                raw.unpersist()
+            for p in prepared:
+                p.valid.unpersist()
+                p.bad.unpersist()
+        report.sources = [p.report for p in prepared]
+        for rep in report.sources:
             log.info("%s", rep)
-            report.sources.append(rep)
-            raw.unpersist()
         self._log(report)
         return report
 
@@ -149,66 +178,100 @@ class IngestJob:
     def _stamp(self, df: DataFrame) -> DataFrame:
         return df.withColumn("ingested_at", F.lit(self.now).cast("timestamp"))
 
-    def _load_events(self, src: RawSource, raw: DataFrame, rows_read: int, key: bytes | None = None) -> SourceReport:
-        ic = self.conf.ingest
-        # ``raw`` carries pseudonyms already (see _read_all), so event_id (the dedup key) is derived from them.
-        valid, bad = validate_events(
-            raw,
-            event_types=ic.event_types,
-            timestamp_format=src.timestamp_format,
-            now=self.now,
-            future_tolerance_s=ic.future_tolerance_minutes * 60,
-            min_date=ic.min_event_date,
-        )
-        if key is not None:
-            bad = pseudonymise_quarantine(bad, key, src.user_field)
-        valid = valid.persist()
-        rep = SourceReport("events", src.path, rows_read=rows_read, rows_valid=valid.count())
-        unique = dedupe_events(valid)
-        rep.rows_duplicate = rep.rows_valid - unique.count()
-        dates = [r["event_date"] for r in unique.select("event_date").distinct().collect()]
-        if dates:
-            merged = lakehouse.merge_upsert(
-                self.spark,
-                self.conf,
-                EVENTS,
-                self._stamp(unique).repartition("event_date"),
-                update_when="t.weight <> s.weight",
-                target_filter=_date_filter(dates),
+    def _prepare(self, src: RawSource, raw: DataFrame, rows_read: int, key: bytes | None) -> _Prepared:
+        """One source validated and deduplicated within itself, its counts taken; nothing written yet."""
+        if src.target == "events":
+            ic = self.conf.ingest
+            # ``raw`` carries pseudonyms already (see _read_all), so event_id (the dedup key) is derived from them.
+            valid, bad = validate_events(
+                raw,
+                event_types=ic.event_types,
+                timestamp_format=src.timestamp_format,
+                now=self.now,
+                future_tolerance_s=ic.future_tolerance_minutes * 60,
+                min_date=ic.min_event_date,
             )
-            rep.rows_inserted, rep.rows_updated = merged.inserted, merged.updated
-        rep.rows_quarantined = self._quarantine(bad)
-        valid.unpersist()
-        return rep
-
-    def _load_items(self, src: RawSource, raw: DataFrame, rows_read: int) -> SourceReport:
-        valid, bad = validate_items(raw)
-        valid = valid.persist()
-        rep = SourceReport("items", src.path, rows_read=rows_read, rows_valid=valid.count())
-        unique = dedupe_items(valid)
+            if key is not None:
+                bad = pseudonymise_quarantine(bad, key, src.user_field)
+            dedupe = dedupe_events
+        else:
+            valid, bad = validate_items(raw)
+            dedupe = dedupe_items
+        valid, bad = valid.persist(), bad.persist()
+        rep = SourceReport(src.target, src.path, rows_read=rows_read, rows_valid=valid.count())
+        unique = dedupe(valid)
         rep.rows_duplicate = rep.rows_valid - unique.count()
-        merged = lakehouse.merge_upsert(
-            self.spark,
-            self.conf,
-            ITEMS,
-            unique.withColumn("updated_at", F.lit(self.now).cast("timestamp")),
-            update_when="t.content_hash <> s.content_hash",
-        )
-        rep.rows_inserted, rep.rows_updated = merged.inserted, merged.updated
-        rep.rows_quarantined = self._quarantine(bad)
-        valid.unpersist()
-        return rep
+        rep.rows_quarantined = bad.count()
+        return _Prepared(rep, valid, unique, bad)
 
-    def _quarantine(self, bad: DataFrame) -> int:
-        bad = bad.persist()
-        n = bad.count()
-        if n:
-            keyed = self._stamp(bad).withColumn(
-                "quarantine_id", F.sha2(F.concat_ws("|", "target", "source", "row_content", "reason"), 256)
-            )
-            lakehouse.merge_upsert(self.spark, self.conf, QUARANTINE, keyed.dropDuplicates(["quarantine_id"]))
-        bad.unpersist()
-        return n
+    def _merge(self, spec, parts: list[_Prepared]) -> None:
+        """MERGE every source's rows for ``spec`` (events or items) in one commit, as if merged one by one.
+
+        Merged one source after another, a key several sources carry would end as the chain stored row, first
+        source's, ..., last source's leaves it: each row replaces the previous one where the compared column
+        (events: ``weight``, items: ``content_hash``) differs. :func:`_chain_last` picks that row per key from the
+        union and flags it ``_forced`` where it replaced an earlier source's row, so it replaces the stored row too,
+        whatever that holds. Per-source counts come from a join with the target before the MERGE (one source's:
+        from Delta's metrics of the commit): a key several sources carry counts once, for the source whose row is
+        kept.
+        """
+        if not parts:
+            return
+        events = spec.logical == EVENTS.logical
+        compare = "weight" if events else "content_hash"
+        frames = [p.unique.withColumn("_src", F.lit(i)) for i, p in enumerate(parts)]
+        union = functools.reduce(DataFrame.unionByName, frames)
+        union = _chain_last(union, spec.key, compare) if len(parts) > 1 else union.withColumn("_forced", F.lit(False))
+        target_filter = None
+        if events:
+            dates = [r["event_date"] for r in union.select("event_date").distinct().collect()]
+            if not dates:
+                return
+            target_filter = _date_filter(dates)
+            source = self._stamp(union).repartition("event_date")
+        else:
+            source = union.withColumn("updated_at", F.lit(self.now).cast("timestamp"))
+        update_when = f"s._forced OR t.{compare} <> s.{compare}"
+        split = self._split(spec, source, compare, target_filter) if len(parts) > 1 else None
+        merged = lakehouse.merge_upsert(self.spark, self.conf, spec, source, update_when=update_when,
+                                        target_filter=target_filter, carry=("_forced",))
+        if split is None:
+            parts[0].report.rows_inserted, parts[0].report.rows_updated = merged.inserted, merged.updated
+            return
+        for i, p in enumerate(parts):
+            p.report.rows_inserted, p.report.rows_updated = split.get(i, (0, 0))
+        counted = tuple(sum(v[j] for v in split.values()) for j in (0, 1))
+        if counted != (merged.inserted, merged.updated):  # a concurrent writer between the join and the MERGE
+            log.warning("%s: per-source counts %s differ from the commit's (inserted, updated) %s", spec.logical,
+                        counted, (merged.inserted, merged.updated))
+
+    def _split(self, spec, source: DataFrame, compare: str, target_filter: str | None) -> dict[int, tuple[int, int]]:
+        """``{source index: (rows the MERGE will insert, rows it will update)}``: the MERGE's own clauses evaluated
+        on a join of its source with the target's keys (one collect)."""
+        target = lakehouse.read_table(self.spark, self.conf, spec).alias("t")
+        if target_filter:
+            target = target.where(target_filter)
+        target = target.select(*spec.key, F.col(compare).alias("_t_value"), F.lit(True).alias("_hit"))
+        hit = F.col("_hit").isNotNull()
+        update = hit & F.coalesce(F.col("_forced") | (F.col("_t_value") != F.col(compare)), F.lit(False))
+        rows = (
+            source.join(target, list(spec.key), "left")
+            .groupBy("_src")
+            .agg(F.sum((~hit).cast("long")).alias("ins"), F.sum(update.cast("long")).alias("upd"))
+            .collect()
+        )
+        return {r["_src"]: (int(r["ins"]), int(r["upd"])) for r in rows}
+
+    def _quarantine(self, prepared: list[_Prepared]) -> None:
+        """Every source's rejected rows in one MERGE (insert-only, keyed by a hash of source, row and reason)."""
+        bad = [p.bad for p in prepared if p.report.rows_quarantined]
+        if not bad:
+            return
+        keyed = self._stamp(functools.reduce(DataFrame.unionByName, bad)).withColumn(
+            "quarantine_id", F.sha2(F.concat_ws("|", "target", "source", "row_content", "reason"), 256)
+        )
+        lakehouse.merge_upsert(self.spark, self.conf, QUARANTINE, keyed.dropDuplicates(["quarantine_id"]),
+                               metrics=False)
 
     def _log(self, report: IngestReport) -> None:
         rows = [
@@ -221,6 +284,26 @@ class IngestJob:
         ]
         df = self.spark.createDataFrame(rows, schema=INGEST_LOG.schema)
         lakehouse.append(self.spark, self.conf, INGEST_LOG, df)
+
+
+def _chain_last(union: DataFrame, key: tuple[str, ...], compare: str) -> DataFrame:
+    """Per key, the row that merging the sources one by one (in ``_src`` order) would leave, flagged ``_forced``.
+
+    Merged in turn, a source's row replaces the stored one where ``compare`` differs (``<>``: a null compares as
+    no change), so the survivor is the first row of the last run of equal values. ``_forced``: that row replaced
+    an earlier source's row, so it replaces the target's row too, even one equal to it."""
+    w = Window.partitionBy(*key).orderBy("_src")
+    prev = F.lag(F.struct(F.col(compare).alias("v"))).over(w)
+    changed = prev.isNull() | F.coalesce(F.col(compare) != prev["v"], F.lit(False))
+    last = Window.partitionBy(*key).orderBy(F.col("_src").desc())
+    return (
+        union.withColumn("_forced", prev.isNotNull())
+        .withColumn("_changed", changed)
+        .where("_changed")
+        .withColumn("_rn", F.row_number().over(last))
+        .where("_rn = 1")
+        .drop("_changed", "_rn")
+    )
 
 
 def _date_filter(dates: list) -> str:

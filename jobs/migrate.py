@@ -7,8 +7,9 @@ commits once per table at the end. ``migration_runs`` is the watermark: it logs 
 versions before it, as 'started' before the commits and 'finished' after them. Rerunning a processed night restores
 the versions before its batch and recomputes from the batch's first night, which gives exactly the same tables; a
 batch interrupted between 'started' and 'finished' is rolled back the same way by the next run. A rewind whose
-versions were vacuumed away (some table cannot be restored) touches no table: it recomputes the state before the
-night from the stored events with the one-pass rebuild instead (:meth:`MigrationJob._rewind`).
+versions were vacuumed away (some table cannot be restored), or that would go back past a forget-user's deletions
+(restoring would bring the erased users' rows back), touches no table: it recomputes the state before the night
+from the stored events with the one-pass rebuild instead (:meth:`MigrationJob._rewind`).
 
 Under spark-submit::
 
@@ -166,7 +167,8 @@ class MigrationJob:
         """Put every migration table back to ``versions``, the state before night ``start``: all tables or none.
 
         Every table is checked before any is touched (:func:`lakehouse.restore_problem`: Delta's RESTORE needs the
-        version's files, and a VACUUM, e.g. forget-user's, may have deleted them). When one cannot be restored,
+        version's files, and a VACUUM, e.g. forget-user's, may have deleted them; and a version older than a
+        forget-user's deletion must not come back, files or not). When one cannot be restored,
         nothing is restored and the state before ``start`` is recomputed from the stored events instead
         (:meth:`_recompute_before`); so is it when a restore fails after the check. A 'started' rewind row guards
         the restores: ``migration_runs`` is restored last, which drops the row, so a run killed in between leaves

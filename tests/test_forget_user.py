@@ -13,7 +13,7 @@ from delta.tables import DeltaTable
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from driftrec import lakehouse
+from driftrec import lakehouse, privacy
 from driftrec.tables import (
     EVENTS,
     QUARANTINE,
@@ -106,6 +106,7 @@ def _build(spark, conf) -> None:
     path = conf.table_path
     lakehouse.append(spark, conf, EVENTS, _df(spark, EVENTS, _events(D1, 2)))
     lakehouse.append(spark, conf, EVENTS, _df(spark, EVENTS, _events(D2, 1)))
+    privacy.record_ingest(spark, conf, pseudonymised=False)  # as an ingest records it: raw ids
     lakehouse.append(spark, conf, USER_INTEREST, _df(spark, USER_INTEREST, _interest(0.5)))
     lakehouse.merge_upsert(spark, conf, USER_INTEREST, _df(spark, USER_INTEREST, _interest(0.4)),
                            update_when="true", metrics=False)  # rewrites the files: old ones keep every user
@@ -347,3 +348,87 @@ def test_quarantine_condition_matches_as_ingestion_parses(spark):
     hit = [r["row_content"] for r in df.where(quarantine_condition([7, 9], ("u",))).collect()]
     assert sorted(hit) == sorted(rows[:4])
     assert df.where(~quarantine_condition([7], ("u", "v"))).count() == 4  # the condition is never null
+
+
+def test_unrecorded_lakehouse_refuses_an_erasure_that_matches_nothing(spark, tmp_path, monkeypatch):
+    """A lakehouse ingested before the ``driftrec.user_ids`` record: an erasure matching no event row is refused
+    before any write, naming the privacy flag where the key shows the ids are pseudonymised; never a silent 0."""
+    from driftrec.pseudonym import pseudonymise_id
+    from jobs.ingest import IngestJob
+    from tests.test_pseudonym import NOW
+
+    root = tmp_path / "lake"
+    conf = make_conf(root, "privacy.pseudonymise_users=true")
+    plain = conf.model_copy(update={"privacy": conf.privacy.model_copy(update={"pseudonymise_users": False})})
+    monkeypatch.setenv(conf.privacy.pseudonym_key_env, KEY)
+    src = tmp_path / "events.csv"
+    src.write_text(PSEUDO_CSV)
+    IngestJob(spark, conf, now=NOW).run(IngestJob(spark, conf, now=NOW).plan(events=[str(src)]))
+    spark.sql(f"ALTER TABLE delta.`{conf.table_path('events')}` UNSET TBLPROPERTIES ('{privacy.PROPERTY}')")
+    assert privacy.recorded(spark, conf) is None  # as ingested by a release before the record
+    targets = ForgetUserJob(spark, conf).targets()
+    versions = {s.logical: _version(spark, conf, s) for s in targets}
+
+    # Flag off, key set: the raw id matches nothing, its pseudonym matches: refused, naming the flag.
+    with pytest.raises(privacy.PrivacyModeError, match=r"pseudonyms under the key .* do: this lakehouse stores "
+                       r"pseudonymised ids. Nothing was deleted: run with --set privacy.pseudonymise_users=true") as e:
+        ForgetUserJob(spark, plain).run([RAW_ID], vacuum=False)
+    assert not isinstance(e.value, privacy.UnverifiedErasureError) and str(RAW_ID) not in str(e.value)
+    # Flag on, an id stored nowhere: its pseudonym matches nothing, and nothing says that means "absent".
+    with pytest.raises(privacy.UnverifiedErasureError, match="their pseudonyms match no event row, and this lakehouse "
+                       "does not record which form"):
+        ForgetUserJob(spark, conf).run([424242], vacuum=False)
+    # Flag off, no key to check the other form: refused too.
+    monkeypatch.delenv(conf.privacy.pseudonym_key_env)
+    with pytest.raises(privacy.UnverifiedErasureError, match=r"the ids as given match no event row.*no pseudonym key "
+                       r"is set in \$DRIFTREC_PSEUDONYM_KEY.*SET TBLPROPERTIES \('driftrec.user_ids' = 'raw'\)") as e:
+        ForgetUserJob(spark, plain).run([RAW_ID], vacuum=False)
+    assert str(RAW_ID) not in str(e.value)
+    assert {s.logical: _version(spark, conf, s) for s in targets} == versions  # nothing deleted anywhere
+
+    # The flag on and the key: the pseudonym matches, so the erasure runs.
+    monkeypatch.setenv(conf.privacy.pseudonym_key_env, KEY)
+    report = ForgetUserJob(spark, conf).run([RAW_ID], vacuum=False)
+    assert (report.table("events").rows_deleted, report.table("quarantine").rows_deleted) == (2, 1)
+    assert {r["user_id"] for r in lakehouse.read_table(spark, conf, EVENTS).collect()} == {
+        pseudonymise_id(2, KEY.encode())}
+    assert _logs_mentioning(root, str(RAW_ID)) == []
+
+
+def test_no_rewind_restores_a_version_from_before_an_erasure(spark, tmp_path, caplog):
+    """forget-user marks its commits; a restore to a version before one is refused even though the old files still
+    exist (default retention), so a migration rewind recomputes instead and the user's rows never come back."""
+    import logging
+
+    from jobs.migrate import MigrationJob
+
+    conf = make_conf(tmp_path / "lake")
+    lakehouse.append(spark, conf, USER_INTEREST, _df(spark, USER_INTEREST, _interest(0.5)))
+    lakehouse.append(spark, conf, USER_DRIFT, _df(spark, USER_DRIFT, _drift(D1)))
+    before = {s.logical: _version(spark, conf, s) for s in (USER_INTEREST, USER_DRIFT)}
+    assert lakehouse.restore_problem(spark, conf, USER_INTEREST, before["user_interest"]) is None  # control
+
+    report = ForgetUserJob(spark, conf).run([GONE])  # retention 168 h: the old files stay
+    assert report.table("user_interest").rows_deleted == 2 and report.table("user_interest").files_removed == 0
+    for spec in (USER_INTEREST, USER_DRIFT):
+        problem = lakehouse.restore_problem(spark, conf, spec, before[spec.logical])
+        assert problem is not None and "erased from it at v" in problem and str(GONE) not in problem, spec.logical
+        marks = [(r["operation"], r["userMetadata"]) for r in DeltaTable.forPath(spark, conf.table_path(spec.logical))
+                 .history().collect() if r["version"] > before[spec.logical]]
+        assert ("DELETE", lakehouse.ERASURE_MARK) in marks, marks
+    assert lakehouse.read_table_at(spark, conf, USER_INTEREST, before["user_interest"]).where(
+        F.col("user_id") == GONE).count() == 2  # the old version is still readable: Delta alone would restore it
+    # Later commits without the mark do not hide it.
+    lakehouse.append(spark, conf, USER_INTEREST,
+                     _df(spark, USER_INTEREST, [r for r in _interest(0.3) if r["user_id"] == KEEP_A]))
+    assert "erased" in lakehouse.restore_problem(spark, conf, USER_INTEREST, before["user_interest"])
+    after = _version(spark, conf, USER_INTEREST)
+    assert lakehouse.restore_problem(spark, conf, USER_INTEREST, after) is None  # a version after the erasure
+
+    with caplog.at_level(logging.WARNING, logger="driftrec.migrate"):
+        MigrationJob(spark, conf)._rewind(before, D1)
+    assert any("cannot rewind" in m and "erased" in m for m in caplog.messages), caplog.messages
+    for spec in (USER_INTEREST, USER_DRIFT):
+        ops = [r["operation"] for r in DeltaTable.forPath(spark, conf.table_path(spec.logical)).history().collect()]
+        assert "RESTORE" not in ops, spec.logical
+        assert lakehouse.read_table(spark, conf, spec).where(F.col("user_id") == GONE).count() == 0, spec.logical

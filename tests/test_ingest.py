@@ -336,3 +336,63 @@ def test_ml_latest_small_counts_and_rerun(spark, conf):
     second = job.run(job.plan(movielens=str(ML_LATEST_SMALL)))
     assert second.total("rows_inserted") == 0 and second.total("rows_updated") == 0
     assert lakehouse.read_table(spark, conf, EVENTS).count() == source_rows
+
+
+def _rows(spark, conf) -> list[tuple]:
+    return sorted((r["user_id"], r["item_id"], r["weight"], r["source"].rsplit("/", 1)[-1])
+                  for r in lakehouse.read_table(spark, conf, EVENTS).collect())
+
+
+def test_several_sources_are_one_commit_per_table(spark, conf, tmp_path):
+    """Issue 20 item 6: three events sources, two catalogues and two sources' rejected rows are one commit on each
+    table, and the rows stored are those merging the sources one by one leaves (later differing weights win)."""
+    head = "user_id,item_id,timestamp,event_type,weight\n"
+    job = IngestJob(spark, conf, now=NOW)
+    first = _write(tmp_path / "s0.csv", head + "1,10,1700000001,view,1\n2,10,1700000002,view,1\n")
+    job.run(job.plan(events=[str(first)]))
+    a = _write(tmp_path / "a.csv", head + "1,10,1700000001,view,1\n3,30,1700000003,view,1\n"
+               "4,40,1700000004,view,2\nx,40,1700000004,view,2\n")
+    b = _write(tmp_path / "b.csv", head + "1,10,1700000001,view,2\n4,40,1700000004,view,5\n"
+               "3,30,1700000003,view,1\n5,50,1700000005,view,1\n6,60,yesterday,view,1\n")
+    c = _write(tmp_path / "c.csv", head + "1,10,1700000001,view,1\n2,10,1700000002,view,3\n6,60,1700000006,view,1\n")
+    i1 = _write(tmp_path / "i1.csv", "item_id,title,categories\n10,X,Drama\n20,Y,Drama\n")
+    i2 = _write(tmp_path / "i2.csv", "item_id,title,categories\n20,Y2,Comedy\n30,Z,Comedy\n")
+    before = _versions(spark, conf)
+
+    report = job.run(job.plan(events=[str(a), str(b), str(c)], items=[str(i1), str(i2)]))
+    assert {t: v - before[t] for t, v in _versions(spark, conf).items()} == {
+        "events": 1, "items": 1, "quarantine": 1, "ingest_log": 1}
+    # User 1: a keeps 1, b changes it to 2, c back to 1: c's row. 3: a's (b repeats it). 4: b's later weight.
+    assert _rows(spark, conf) == [(1, 10, 1.0, "c.csv"), (2, 10, 3.0, "c.csv"), (3, 30, 1.0, "a.csv"),
+                                  (4, 40, 5.0, "b.csv"), (5, 50, 1.0, "b.csv"), (6, 60, 1.0, "c.csv")]
+    got = [(s.source.rsplit("/", 1)[-1], s.rows_read, s.rows_valid, s.rows_inserted, s.rows_updated,
+            s.rows_quarantined) for s in report.sources]
+    assert got == [("a.csv", 4, 3, 1, 0, 1), ("b.csv", 5, 4, 2, 0, 1), ("c.csv", 3, 3, 1, 2, 0),
+                   ("i1.csv", 2, 2, 1, 0, 0), ("i2.csv", 2, 2, 2, 0, 0)]
+    items = {r["item_id"]: r["title"] for r in lakehouse.read_table(spark, conf, ITEMS).collect()}
+    assert items == {10: "X", 20: "Y2", 30: "Z"}
+    assert lakehouse.read_table(spark, conf, QUARANTINE).count() == 2
+    logged = lakehouse.read_table(spark, conf, INGEST_LOG).where(f"run_id = '{report.run_id}'")
+    assert sorted(r["rows_inserted"] for r in logged.collect()) == [1, 1, 1, 2, 2]
+
+    # The same sources again store nothing new and change no value.
+    stored = _rows(spark, conf)
+    again = job.run(job.plan(events=[str(a), str(b), str(c)], items=[str(i1), str(i2)]))
+    assert again.total("rows_inserted") == 0 and _rows(spark, conf) == stored
+    assert lakehouse.read_table(spark, conf, ITEMS).count() == 3
+
+
+def test_a_write_that_fails_on_a_later_source_stores_no_source(spark, conf, tmp_path):
+    """A source whose rows pass validation but fail at write time (a CHECK constraint on the table) after a good
+    source: the run fails and no table changes (merged one by one, the good source stayed, with no ingest_log)."""
+    head = "user_id,item_id,timestamp,event_type,weight\n"
+    job = IngestJob(spark, conf, now=NOW)
+    job.run(job.plan(events=[str(_write(tmp_path / "s0.csv", head + "1,10,1700000001,view,1\n"))]))
+    spark.sql(f"ALTER TABLE delta.`{conf.table_path('events')}` ADD CONSTRAINT weight_cap CHECK (weight < 100)")
+    good = _write(tmp_path / "good.csv", head + "2,10,1700000002,view,1\n3,10,1700000003,view,1\nx,1,1,view,1\n")
+    heavy = _write(tmp_path / "heavy.csv", head + "4,10,1700000004,view,1\n5,10,1700000005,view,500\n")
+    before, rows = _versions(spark, conf), _rows(spark, conf)
+    with pytest.raises(Exception, match="weight_cap"):
+        job.run(job.plan(events=[str(good), str(heavy)]))
+    assert _versions(spark, conf) == before
+    assert _rows(spark, conf) == rows == [(1, 10, 1.0, "s0.csv")]
