@@ -220,10 +220,13 @@ class TrainingConfig(_Section):
     num_negatives: int = Field(default=256, ge=1)  # sampled softmax only
     epochs: int = Field(default=20, ge=1)  # at most; early stopping below may end training sooner
     warm_epochs: int = Field(default=5, ge=1)  # at most, fine-tuning from the current model (same early stopping)
-    # Stop once this many epochs in a row have not raised validation NDCG@10 (each user's held-out last item,
-    # scored after every epoch) and keep the best epoch's weights: a fixed epoch count either stops short or
-    # overfits, and which one depends on the data and the learning rate. 0: every epoch runs, the last one is kept.
+    # Stop once this many epochs in a row are significantly worse on validation NDCG@10 (each user's held-out last
+    # item, scored after every epoch) than the top epoch, and keep the latest epoch that was not: a fixed epoch count
+    # either stops short or overfits, and which one depends on the data and the learning rate. "Significantly":
+    # the paired per-user difference exceeds early_stopping_margin_se standard errors (ray_trainers'
+    # EarlyStopper says why: keeping the top epoch keeps the luckiest draw). 0: every epoch runs, the last is kept.
     early_stopping_patience: int = Field(default=3, ge=0)
+    early_stopping_margin_se: float = Field(default=2.0, ge=0)
     finetune_window_days: int = Field(default=7, ge=1)  # warm start: loss only on targets of the last days
     warm_start: bool = True
     batch_size: int = Field(default=128, ge=1)

@@ -7,6 +7,7 @@ and fetches the Delta jars through ``configure_spark_with_delta_pip``.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
@@ -22,6 +23,13 @@ DELTA_CONF = {
     "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
     "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
 }
+
+
+def _console_is_terminal() -> bool:
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):  # replaced or closed stderr
+        return False
 
 
 def build_spark(conf: Config, *, app_name: str = "driftrec", local: bool = False) -> SparkSession:
@@ -41,8 +49,10 @@ def build_spark(conf: Config, *, app_name: str = "driftrec", local: bool = False
             {
                 "spark.driver.memory": conf.spark.driver_memory,
                 "spark.ui.enabled": str(conf.spark.ui).lower(),
-                # Stage progress bars on the console (a cluster sets this in its spark-defaults).
-                "spark.ui.showConsoleProgress": "true",
+                # Stage progress bars on a terminal, where each redraws in place; into a file or a CI log they are
+                # thousands of lines per hour that bury the jobs' own step lines (a cluster sets this in its
+                # spark-defaults).
+                "spark.ui.showConsoleProgress": str(_console_is_terminal()).lower(),
                 "spark.sql.warehouse.dir": str(root / "_warehouse"),
                 # Delta rebuilds table state with 50 tasks by default: right for a cluster, pure overhead locally.
                 "spark.databricks.delta.snapshotPartitions": "2",

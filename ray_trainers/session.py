@@ -8,7 +8,9 @@ start is therefore retried; joining a named cluster is not (its failure is real 
 from __future__ import annotations
 
 import logging
+import os
 import time
+from pathlib import Path
 
 log = logging.getLogger(__name__)
 
@@ -27,10 +29,31 @@ def quiet_worker_logs() -> None:
         _DropStateApiNoise())
 
 
+def _driver_code_path() -> str:
+    """PYTHONPATH for a local Ray's workers: the folder this driver imports driftrec's packages from, first. Workers
+    then run the driver's code, not whatever checkout the environment's editable install points at (two checkouts
+    sharing one virtualenv, or a checkout run without installing)."""
+    code = str(Path(__file__).resolve().parents[1])
+    rest = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != code]
+    return os.pathsep.join([code, *rest])
+
+
+def _start_reaper() -> None:
+    """A local Ray's processes are this driver's; a reaper stops them if the driver is killed (see reaper.py)."""
+    from ray_trainers import reaper
+
+    try:
+        reaper.start()
+    except OSError as exc:  # never fail a stage for want of its cleanup helper
+        log.warning("could not start the Ray reaper: %s", exc)
+
+
 def ensure_ray(address: str | None = None, *, attempts: int = 3, **init_kwargs) -> None:
     """``ray.init`` unless Ray is already up; a local start (no ``address``) is tried up to ``attempts`` times.
 
-    A local start installs :func:`quiet_worker_logs` in its workers unless the caller passes its own runtime env."""
+    A local start installs :func:`quiet_worker_logs` in its workers and puts this driver's code first on their path
+    (:func:`_driver_code_path`) unless the caller passes its own runtime env,
+    and a reaper that stops its processes if this driver is killed."""
     import ray
 
     if ray.is_initialized():
@@ -38,10 +61,12 @@ def ensure_ray(address: str | None = None, *, attempts: int = 3, **init_kwargs) 
     if address:
         ray.init(address=address, **init_kwargs)
         return
-    init_kwargs.setdefault("runtime_env", {"worker_process_setup_hook": quiet_worker_logs})
+    init_kwargs.setdefault("runtime_env", {"worker_process_setup_hook": quiet_worker_logs,
+                                           "env_vars": {"PYTHONPATH": _driver_code_path()}})
     for attempt in range(1, attempts + 1):
         try:
             ray.init(**init_kwargs)
+            _start_reaper()
             return
         except Exception as exc:  # Ray raises a bare Exception for the start-up timeout
             ray.shutdown()

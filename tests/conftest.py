@@ -30,6 +30,10 @@ HEAVY_ENV = "DRIFTREC_HEAVY_TESTS"
 
 
 def pytest_configure(config):
+    # The slowest tests, printed at the end of every run (CI's log included), so the suite's time has a map.
+    if not config.getoption("durations", None):
+        config.option.durations = 30
+        config.option.durations_min = 5.0
     config.addinivalue_line(
         "markers",
         f"heavy: tests that rerun whole jobs: the evaluation job end to end, whole-night robustness scenarios (kill "

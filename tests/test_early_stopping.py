@@ -38,15 +38,70 @@ def _run(scores: list[float], patience: int) -> tuple[EarlyStopper, list[bool]]:
     return stopper, said
 
 
-def test_stops_after_patience_epochs_without_a_strict_improvement():
-    # a tie (epoch 2) is no improvement; epoch 4 improves and restarts the count
+def test_plain_scores_stop_after_patience_epochs_below_the_top():
+    # Plain floats carry no standard error: only a strictly lower score is worse. A tie (epoch 2) is kept (the later,
+    # more trained epoch); epoch 4 tops and restarts the count.
     stopper, said = _run([0.1, 0.3, 0.3, 0.2, 0.35, 0.34, 0.33, 0.32, 0.9], patience=3)
-    assert said == [False] * 7 + [True]  # epochs 5, 6, 7 without improvement: stop after epoch 7
+    assert said == [False] * 7 + [True]  # epochs 5, 6, 7 below the top: stop after epoch 7
     assert (stopper.best_epoch, stopper.best_score, stopper.stale) == (4, 0.35, 3)
     assert stopper.best_state["weight"].tolist() == [[4.0, 4.0]] and stopper.best_state["bias"].tolist() == [4.0]
 
-    stopper, said = _run([0.1, 0.3, 0.3, 0.2], patience=2)
-    assert said == [False, False, False, True] and stopper.best_epoch == 1
+    stopper, said = _run([0.1, 0.3, 0.3, 0.2, 0.1], patience=2)
+    assert said == [False, False, False, False, True] and stopper.best_epoch == 2
+
+
+def _gains(rng, n=600, hit=0.05):
+    """Per-user NDCG@10 gains as a held-out set gives them: mostly 0, a few hits at ranks 0-9."""
+    return np.where(rng.random(n) < hit, 1.0 / np.log2(rng.integers(0, 10, n) + 2.0), 0.0)
+
+
+def test_an_epoch_within_the_noise_of_the_top_is_kept_as_the_later_one():
+    rng = np.random.default_rng(3)
+    top = _gains(rng)
+    later = top.copy()
+    hits = np.flatnonzero(top > 0)
+    later[hits[:2]] = 0.0  # two users lost a hit: lower mean, well inside the noise of ~600 users
+    assert later.mean() < top.mean()
+    stopper, said = _run([top, later], patience=1)
+    assert said == [False, False]
+    assert (stopper.best_epoch, stopper.stale) == (1, 0)
+    assert stopper.top_score == pytest.approx(top.mean()) and stopper.best_score == pytest.approx(later.mean())
+
+
+def test_a_slow_decline_cannot_creep_through_one_insignificant_step_at_a_time():
+    # 600 users, 200 hits of gain 0.5 at the top epoch. Epoch s loses 13 s of those hits and gains 9 s elsewhere:
+    # each step against the one before is ~0.85 standard errors (noise), against the top ~0.85 sqrt(s) (significant
+    # from s = 6).
+    top = np.zeros(600)
+    top[:200] = 0.5
+    epochs = [top]
+    for step in range(1, 8):
+        e = top.copy()
+        e[: 13 * step] = 0.0
+        e[200 : 200 + 9 * step] = 0.5
+        epochs.append(e)
+
+    def z(a, b):
+        d = a - b
+        return d.mean() / (d.std(ddof=1) / np.sqrt(len(d)))
+
+    assert all(z(epochs[s - 1], epochs[s]) < 1.0 for s in range(1, 8))
+    assert z(top, epochs[5]) < 2.0 < z(top, epochs[6])
+    stopper, said = _run(epochs, patience=2)
+    assert said == [False] * 7 + [True]  # epochs 6 and 7 significantly below the top
+    assert (stopper.best_epoch, stopper.stale) == (5, 2)
+    assert stopper.best_state["bias"].tolist() == [5.0] and stopper.top_score == pytest.approx(0.5 * 200 / 600)
+
+
+def test_margin_zero_is_the_plain_best_epoch_rule():
+    rng = np.random.default_rng(5)
+    top = _gains(rng)
+    later = top.copy()
+    later[np.flatnonzero(top > 0)[0]] = 0.0
+    stopper = EarlyStopper(patience=1, margin_se=0.0)
+    assert not stopper.update(0, top, _linear(0.0))
+    assert stopper.update(1, later, _linear(1.0))  # any drop is significant at a zero margin
+    assert stopper.best_epoch == 0
 
 
 def test_patience_zero_never_stops_but_still_keeps_the_best():
@@ -142,6 +197,8 @@ def trained(spark, ray_local, tmp_path_factory):
         "training.num_workers=2", "training.use_text=false", "training.d_model=16", "training.layers=1",
         "training.max_seq_len=10", "training.batch_size=64", "training.dropout=0.1", "training.lr=0.05",
         f"training.epochs={MAX_EPOCHS}", "training.early_stopping_patience=1", "training.ndcg_tolerance=1.0",
+        # margin 0: any epoch below the top counts, so a short run is sure to stop early (the margin is unit-tested)
+        "training.early_stopping_margin_se=0",
     )
     data = generate(SyntheticConfig(users=150, items=60, categories=4, days=11, seed=5, start_date=START.isoformat()))
     load(spark, conf, data.events, data.items)

@@ -158,11 +158,10 @@ def global_category_matrix(counts: DataFrame | None, categories: DataFrame, alph
 def category_popularity(global_matrix: DataFrame, alpha: float) -> DataFrame:
     """``g``: smoothed share of transitions landing in each category, ``(category, g)``, sums to 1."""
     col = global_matrix.groupBy(F.col("to_cat").alias("category")).agg(F.sum("count").alias("c"))
-    everything = Window.partitionBy().rowsBetween(Window.unboundedPreceding, Window.unboundedFollowing)
-    return col.select(
-        "category",
-        ((F.col("c") + F.lit(alpha)) / (F.sum("c").over(everything) + F.count(F.lit(1)).over(everything) * alpha))
-        .alias("g"),
+    # The totals as a one-row frame joined to every category, not a window with no partition (one task for all rows).
+    totals = col.agg(F.sum("c").alias("total"), F.count(F.lit(1)).cast("double").alias("k"))
+    return col.crossJoin(F.broadcast(totals)).select(
+        "category", ((F.col("c") + F.lit(alpha)) / (F.col("total") + F.col("k") * alpha)).alias("g"),
     )
 
 
@@ -198,11 +197,13 @@ def item_successors(
     (ties by ``to_item``) and renormalised. Catalogue size does not matter: each row has at most
     ``observed + top_n`` candidates.
     """
-    w_pop = Window.orderBy(F.col("count").desc(), F.col("item_id"))
+    # A distributed top-k (sort + limit) first; only those top_n + 1 rows are then numbered, in one small partition
+    # (a window over the whole popularity table would move every item into one task).
+    by_pop = [F.col("count").desc(), F.col("item_id")]
     top = (
-        popularity.where(F.col("count") > 0)
-        .select(F.col("item_id").alias("to_item"), F.col("count").alias("pop"), F.row_number().over(w_pop).alias("r"))
-        .where(F.col("r") <= top_n + 1)
+        popularity.where(F.col("count") > 0).orderBy(*by_pop).limit(top_n + 1)
+        .select(F.col("item_id").alias("to_item"), F.col("count").alias("pop"),
+                F.row_number().over(Window.partitionBy(F.lit(0)).orderBy(*by_pop)).alias("r"))
     )
     # Per row, the prior covers the top-N popular items other than the row's own item.
     per_source = Window.partitionBy("from_item").orderBy("r")

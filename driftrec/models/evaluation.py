@@ -52,12 +52,17 @@ def valid_ranks(model: SequenceModel, space: ItemSpace, valid: pd.DataFrame, bat
     return np.concatenate(ranks) if ranks else np.zeros(0, np.int64)
 
 
+def ndcg_gains(ranks: np.ndarray, k: int = 10) -> np.ndarray:
+    """Per-row NDCG@k with one relevant item per row: 1 / log2(rank + 2) inside the top k, else 0."""
+    ranks = np.asarray(ranks)
+    return np.where(ranks < k, 1.0 / np.log2(ranks + 2.0), 0.0)
+
+
 def ndcg_at_k(ranks: np.ndarray, k: int = 10) -> float:
-    """Mean NDCG@k with one relevant item per row: 1 / log2(rank + 2) inside the top k, else 0."""
+    """Mean NDCG@k with one relevant item per row (:func:`ndcg_gains`)."""
     if len(ranks) == 0:
         return float("nan")
-    gains = np.where(ranks < k, 1.0 / np.log2(ranks + 2.0), 0.0)
-    return float(gains.mean())
+    return float(ndcg_gains(ranks, k).mean())
 
 
 def hit_rate_at_k(ranks: np.ndarray, k: int = 10) -> float:
