@@ -8,6 +8,13 @@ weights), then times, in one run on the same users and items:
   writes the Delta partition);
 * ``torch_process``: the same scorer (``spark_udfs.topk.score_batch``) over the same users in the driver process,
   torch using every core: the machine's limit for this scoring, inputs prepared beforehand and not timed;
+* ``torch_limit``: the machine's limit for the model part alone, as issue 21 defines it: one process, all cores,
+  float32, no Spark and no blend: the served model's batched forward (``model.encode``) over the same users'
+  histories (inputs built beforehand, not timed), the product with the item vectors and ``torch.topk``, in batches of
+  ``--limit-batch`` (>= 1,024) users. Also reported: the same with the full all-positions forward
+  (``hidden()[:, -1]``, the scorer's forward before issue 21) and the product + ``topk`` alone;
+* ``torch_process_full_forward``: the scorer path above with the model's full forward, side by side with the
+  last-position one it uses now;
 * ``candidates``: the same torch process with the candidate step forced on (``topk.candidate_threshold=0``), and
   the step's recall: the share of the full-catalogue top-k rows it keeps, over a sample of users;
 * ``als``: ``ALS.recommendForUserSubset`` for the same users (implicit ALS of the same rank, fit timed apart).
@@ -29,7 +36,37 @@ from pathlib import Path
 import numpy as np
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-latest-small"
+RESULTS = Path(__file__).resolve().parent / "results" / "topk.json"
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: `benchmarks.*` must import
+
+
+def full_forward(model):
+    """``model.encode`` as it was before issue 21: every position of every layer, then the last row."""
+    return lambda seq, interest, items=None: model.hidden(seq, interest, items)[:, -1]
+
+
+def torch_limit(model, seq: np.ndarray, interest: np.ndarray, k: int, batch: int, encode=None) -> dict:
+    """Seconds of the plain-torch limit over prepared inputs: ``encode`` (default ``model.encode``), the product
+    with the item vectors, ``torch.topk``; float32 throughout. Also the product + ``topk`` alone on the same user
+    vectors. Returns ``{"s": ..., "matmul_topk_s": ...}``."""
+    import torch
+
+    encode = encode or model.encode
+    with torch.no_grad():
+        items = model.item_vectors()
+        out_t = items[1:].T.contiguous()
+        seq_t, int_t = torch.as_tensor(seq), torch.as_tensor(interest)
+        hs = []
+        t0 = time.perf_counter()
+        for start in range(0, len(seq), batch):
+            h = encode(seq_t[start : start + batch], int_t[start : start + batch], items)
+            torch.topk(h @ out_t, k, dim=1)
+            hs.append(h)
+        total = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        for h in hs:
+            torch.topk(h @ out_t, k, dim=1)
+        return {"s": total, "matmul_topk_s": time.perf_counter() - t0}
 
 
 def register_untrained_model(spark, conf, ds: dt.date, events) -> int:
@@ -69,6 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--driver-memory", default="10g")
     ap.add_argument("--skip-als", action="store_true")
     ap.add_argument("--recall-users", type=int, default=2000, help="users sampled for the candidate recall")
+    ap.add_argument("--limit-batch", type=int, default=1024, help="users per batch of the plain-torch limit")
+    ap.add_argument("--results", type=Path, default=RESULTS,
+                    help="where the figures are written as JSON as well (the committed run: the issue's size)")
     ap.add_argument("--train-epochs", type=int, default=0,
                     help="train the served model this many epochs (the real training job) instead of registering "
                          "untrained weights; the candidate recall is only meaningful for a trained model")
@@ -89,8 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     root = out / f"lakehouse-{args.dataset}"
-    conf = load_config(overrides=[
-        f'lakehouse.root="{root}"', 'lakehouse.database="bench_topk"', "spark.shuffle_partitions=4",
+    conf = load_config(values={"lakehouse.root": str(root)}, overrides=[
+        'lakehouse.database="bench_topk"', "spark.shuffle_partitions=4",
         f'spark.driver_memory="{args.driver_memory}"', "training.use_text=false", f"topk.k={args.k}",
         f"topk.all_users={str(args.all_users).lower()}",
     ])
@@ -162,6 +202,41 @@ def main(argv: list[str] | None = None) -> int:
                    torch_rows=n_rows, spark_over_torch_users_per_s=round((report.users / spark_s) / (len(pdf) / torch_s), 3))
     print(json.dumps({k: figures[k] for k in ("spark_job_users_per_s", "torch_process_users_per_s")}), flush=True)
 
+    # The scorer before issue 21 (the full all-positions forward), same users and batches, same process.
+    t0 = time.perf_counter()
+    model.encode = full_forward(model)
+    try:
+        for start in range(0, len(pdf), batch):
+            score_batch(assets, pdf.iloc[start : start + batch].reset_index(drop=True), model)
+    finally:
+        del model.encode  # back to the class's method
+    old_s = time.perf_counter() - t0
+    figures.update(torch_process_full_forward_users_per_s=round(len(pdf) / old_s, 1),
+                   torch_process_over_full_forward=round(old_s / torch_s, 3))
+
+    # The plain-torch limit: model + product + topk only, users with history, inputs prepared first.
+    from spark_udfs.topk import model_inputs
+
+    known = pdf[[x is not None and len(x) > 0 for x in pdf["item_ids"]]].reset_index(drop=True)
+    seq, interest = model_inputs(assets, known)
+    lim_batch = max(args.limit_batch, 1024)
+    lim = torch_limit(model, seq, interest, args.k, lim_batch)
+    lim_full = torch_limit(model, seq, interest, args.k, lim_batch, full_forward(model))
+    limit_ups = len(known) / lim["s"]
+    spark_ups = report.users / spark_s
+    figures.update(
+        torch_limit_users=len(known), torch_limit_batch=lim_batch, torch_limit_threads=torch.get_num_threads(),
+        torch_limit_s=round(lim["s"], 2), torch_limit_users_per_s=round(limit_ups, 1),
+        torch_limit_full_forward_users_per_s=round(len(known) / lim_full["s"], 1),
+        torch_limit_matmul_topk_users_per_s=round(len(known) / lim["matmul_topk_s"], 1),
+        spark_over_limit_users_per_s=round(spark_ups / limit_ups, 3),
+        spark_over_full_forward_limit_users_per_s=round(spark_ups / (len(known) / lim_full["s"]), 3),
+        torch_process_over_limit_users_per_s=round((len(pdf) / torch_s) / limit_ups, 3),
+    )
+    print(json.dumps({k: figures[k] for k in ("torch_limit_users_per_s", "torch_limit_full_forward_users_per_s",
+                                              "torch_limit_matmul_topk_users_per_s",
+                                              "spark_over_limit_users_per_s")}), flush=True)
+
     # The candidate step on the same users: lists built on the driver (timed apart), scoring timed like the above,
     # and its recall against the full-catalogue rows just computed.
     from spark_udfs.topk import candidate_recall
@@ -206,6 +281,8 @@ def main(argv: list[str] | None = None) -> int:
 
     print(json.dumps(figures, indent=1))
     (out / f"bench_topk_{args.dataset}.json").write_text(json.dumps(figures, indent=1))
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    args.results.write_text(json.dumps(figures, indent=1) + "\n")
     spark.stop()
     return 0
 

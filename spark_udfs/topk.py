@@ -95,20 +95,33 @@ def build_model(assets: ScoringAssets):
     return model
 
 
-def model_hidden(model, assets: ScoringAssets, pdf: pd.DataFrame):
-    """``(h, items)``: the model's (B, d) user vectors after each user's history and its (n + 1, d) item vectors
-    (row 0 = padding), both float64 torch tensors."""
-    import torch
+def model_inputs(assets: ScoringAssets, pdf: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """``(seq, interest)``: the model's (B, max_seq_len) left-padded item indices and (B, n_categories + 1)
+    interest features of each user."""
+    from driftrec.models.batches import interest_matrix
 
-    from driftrec.models.batches import interest_matrix, pad_left
-
-    index = assets.index
     max_len = int(assets.model_params["max_seq_len"])
-    seqs = [index.get_indexer(np.asarray(s, dtype=np.int64)) + 1 for s in pdf["item_ids"]]
-    seq = pad_left([s[s > 0][-max_len:] for s in seqs], max_len)
+    flat, owner, _ = history_indices(assets, pdf)
+    # Each user's known items (index + 1), the last max_len of them right-aligned: pad_left of the kept items.
+    keep = flat >= 0
+    kept, kept_owner = flat[keep] + 1, owner[keep]
+    from_end = np.cumsum(np.bincount(kept_owner, minlength=len(pdf)))[kept_owner] - np.arange(len(kept)) - 1
+    sel = from_end < max_len
+    seq = np.zeros((len(pdf), max_len), np.int64)
+    seq[kept_owner[sel], max_len - 1 - from_end[sel]] = kept[sel]
     cindex = {c: i + 1 for i, c in enumerate(assets.model_categories)}
     interest = interest_matrix(pdf["interest_categories"], pdf["interest_p"], cindex,
                                int(assets.model_params["n_categories"]))
+    return seq, interest
+
+
+def model_hidden(model, assets: ScoringAssets, pdf: pd.DataFrame):
+    """``(h, items)``: the model's (B, d) user vectors after each user's history and its (n + 1, d) item vectors
+    (row 0 = padding), both float64 torch tensors. The user vectors come from ``model.encode``, which SASRec in eval
+    mode computes for the last position only (:meth:`driftrec.models.sasrec.SASRec.encode_last`)."""
+    import torch
+
+    seq, interest = model_inputs(assets, pdf)
     # Logits in float64 from the float32 hidden state and item vectors: the full product and the candidate gather
     # then agree to ~1e-16, so near-ties rank the same way in both (float32 kernels differ by ~1e-7).
     with torch.no_grad():
@@ -146,6 +159,16 @@ def model_probabilities(model, assets: ScoringAssets, pdf: pd.DataFrame, cols: n
         return torch.exp(logits - log_z[:, None]).numpy()
 
 
+def history_indices(assets: ScoringAssets, pdf: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(flat, owner, lengths)``: every user's history (``item_ids``, oldest first) as catalogue indices (-1 =
+    unknown) in one array, the row each entry belongs to, and each row's length; one hash lookup per batch instead
+    of one per user."""
+    lists = [np.zeros(0, np.int64) if x is None else np.asarray(x, dtype=np.int64) for x in pdf["item_ids"]]
+    lengths = np.fromiter((len(x) for x in lists), np.int64, len(lists))
+    flat = np.concatenate(lists) if lengths.sum() else np.zeros(0, np.int64)
+    return assets.index.get_indexer(flat), np.repeat(np.arange(len(lists)), lengths), lengths
+
+
 def recent_indices(assets: ScoringAssets, items) -> np.ndarray:
     """The last ``recent_items`` items of a history, most recent first, as catalogue indices (-1 = unknown)."""
     if items is None or len(items) == 0:
@@ -166,12 +189,11 @@ def recent_matrix(assets: ScoringAssets, pdf: pd.DataFrame) -> tuple[np.ndarray,
     """``(recent, n_recent)``: (B, L) catalogue indices of each user's last items, most recent first (-1: none or
     unknown), and (B,) the item term's divisor ``min(len(history), recent_items)``."""
     recent = np.full((len(pdf), assets.recent_items), -1, np.int64)
-    n_recent = np.zeros(len(pdf))
-    for u, items in enumerate(pdf["item_ids"]):
-        r = recent_indices(assets, items)
-        recent[u, : len(r)] = r
-        n_recent[u] = min(0 if items is None else len(items), assets.recent_items)
-    return recent, n_recent
+    flat, owner, lengths = history_indices(assets, pdf)
+    from_end = np.cumsum(lengths)[owner] - np.arange(len(flat)) - 1  # 0 = the most recent item
+    sel = from_end < assets.recent_items
+    recent[owner[sel], from_end[sel]] = flat[sel]
+    return recent, np.minimum(lengths, assets.recent_items).astype(np.float64)
 
 
 def migration_terms(assets: ScoringAssets, pdf: pd.DataFrame,
@@ -249,7 +271,7 @@ def candidate_columns(assets: ScoringAssets, pdf: pd.DataFrame,
     """(B, M) candidate item indices per user (padded with n), from :mod:`spark_udfs.candidates`."""
     from spark_udfs.candidates import candidate_sets
 
-    recent = [r[r >= 0] for r in (recent_indices(assets, items) for items in pdf["item_ids"])]
+    recent = [r[r >= 0] for r in recent_matrix(assets, pdf)[0]]
     q = np.stack([np.asarray(x, dtype=np.float64) for x in pdf["q"]])
     rise = np.stack([np.zeros(q.shape[1]) if x is None else np.asarray(x, dtype=np.float64) for x in pdf["rise"]])
     return candidate_sets(assets.candidates, q, rise, recent, assets.succ_indptr, assets.succ_indices,
@@ -312,15 +334,19 @@ def score_batch(assets: ScoringAssets, pdf: pd.DataFrame, model=None, candidates
     score = blend_scores(model_p, migration, user_weights(assets, pdf, known), assets.blend_mode)
     if cols is not None:
         score[cols >= n] = -np.inf
-    index = assets.index
-    for u, consumed in enumerate(pdf["consumed"]):
-        if consumed is not None and len(consumed):
-            pos = index.get_indexer(np.asarray(consumed, dtype=np.int64))
-            pos = pos[pos >= 0]
-            if cols is not None:
-                at, found = _positions(cols[u], np.sort(pos))
-                pos = at[found]
-            score[u, pos] = -np.inf
+    consumed = [np.zeros(0, np.int64) if x is None else np.asarray(x, dtype=np.int64) for x in pdf["consumed"]]
+    lengths = np.fromiter((len(x) for x in consumed), np.int64, len(consumed))
+    if lengths.sum():
+        pos = assets.index.get_indexer(np.concatenate(consumed))  # one lookup for the batch
+        owner = np.repeat(np.arange(len(consumed)), lengths)
+        if cols is None:
+            score[owner[pos >= 0], pos[pos >= 0]] = -np.inf
+        else:
+            bounds = np.cumsum(lengths)
+            for u in np.flatnonzero(lengths):
+                p = pos[bounds[u] - lengths[u] : bounds[u]]
+                at, found = _positions(cols[u], np.sort(p[p >= 0]))
+                score[u, at[found]] = -np.inf
     ids = assets.item_ids if cols is None else np.append(assets.item_ids, -1)[cols]
     best = top_k(score, ids, assets.k)
 
@@ -335,21 +361,21 @@ def score_batch(assets: ScoringAssets, pdf: pd.DataFrame, model=None, candidates
         pick(item_term), pick(cat_term), w, recent, chosen, q, rise, assets.pic, known, assets.rising_margin,
         assets.succ_indptr, assets.succ_indices, assets.succ_probs,
     )
-    out = []
-    for u, user_id in enumerate(pdf["user_id"]):
-        ok = valid[u]
-        if not ok.any():
-            continue
-        vr, vc = via_r[u, ok], via_c[u, ok]
-        out.append(pd.DataFrame({
-            "user_id": np.full(ok.sum(), int(user_id), np.int64), "rank": np.arange(1, ok.sum() + 1, dtype=np.int32),
-            "item_id": assets.item_ids[chosen[u, ok]], "score": score[u, at[u, ok]],
-            "model_score": model_p[u, at[u, ok]], "migration_score": migration[u, at[u, ok]],
-            "via_item": pd.array([int(assets.item_ids[r]) if r >= 0 else None for r in vr], dtype="Int64"),
-            "via_category": [assets.markov_categories[int(c)] if c >= 0 else None for c in vc],
-            "reason_kind": list(kinds[u, ok]),
-        }))
-    return pd.concat(out, ignore_index=True) if out else pd.DataFrame(columns=columns)
+    # Valid picks are a prefix of each row (top_k fills from the left), so the row-major mask keeps users in batch
+    # order and each user's ranks ascending: the rows are built column-wise for the whole batch at once.
+    if not valid.any():
+        return pd.DataFrame(columns=columns)
+    rank = np.broadcast_to(np.arange(1, valid.shape[1] + 1, dtype=np.int32), valid.shape)[valid]
+    vr, vc = via_r[valid], via_c[valid]
+    via_item = pd.arrays.IntegerArray(np.where(vr >= 0, assets.item_ids[np.maximum(vr, 0)], 0).astype(np.int64),
+                                      vr < 0)
+    category_names = np.array([*assets.markov_categories, None], dtype=object)  # -1 -> None
+    return pd.DataFrame({
+        "user_id": np.repeat(pdf["user_id"].to_numpy(dtype=np.int64), valid.sum(axis=1)), "rank": rank,
+        "item_id": assets.item_ids[chosen[valid]], "score": pick(score)[valid],
+        "model_score": pick(model_p)[valid], "migration_score": pick(migration)[valid],
+        "via_item": via_item, "via_category": category_names[vc], "reason_kind": kinds[valid].astype(object),
+    })
 
 
 def candidate_recall(assets: ScoringAssets, pdf: pd.DataFrame, model=None) -> tuple[float, float]:

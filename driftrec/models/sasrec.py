@@ -28,6 +28,29 @@ if TYPE_CHECKING:
 __all__ = ["SASRec", "SASRecParams", "pad_left"]
 
 
+def _encoder_layer(layer: nn.TransformerEncoderLayer, x: torch.Tensor, allowed: torch.Tensor, heads: int,
+                   last_only: bool) -> torch.Tensor:
+    """One pre-norm ``TransformerEncoderLayer`` in eval mode from its own weights, with a (B, 1, Lq, L) "may attend"
+    mask; ``last_only``: queries (and the returned rows) are the last position only, keys and values all of them."""
+    if not layer.norm_first:
+        raise ValueError("encode_last mirrors a pre-norm layer (norm_first=True)")
+    B, L, d = x.shape
+    hd = d // heads
+    attn = layer.self_attn
+    y = layer.norm1(x)
+    w, b = attn.in_proj_weight, attn.in_proj_bias
+    q_in = y[:, -1:] if last_only else y
+    q = F.linear(q_in, w[:d], None if b is None else b[:d])
+    k = F.linear(y, w[d : 2 * d], None if b is None else b[d : 2 * d])
+    v = F.linear(y, w[2 * d :], None if b is None else b[2 * d :])
+    lq = q.shape[1]
+    q, k, v = (t.reshape(B, t.shape[1], heads, hd).transpose(1, 2) for t in (q, k, v))
+    a = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
+    a = attn.out_proj(a.transpose(1, 2).reshape(B, lq, d))
+    x = (x[:, -1:] if last_only else x) + a
+    return x + layer.linear2(layer.activation(layer.linear1(layer.norm2(x))))
+
+
 @dataclass(frozen=True)
 class SASRecParams:
     n_items: int
@@ -125,8 +148,46 @@ class SASRec(nn.Module):
         return self.out_norm(h)
 
     def encode(self, seq: torch.Tensor, interest: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, d): the hidden state at the last position, the user's vector."""
-        return self.hidden(seq, interest, items)[:, -1]
+        """(B, d): the hidden state at the last position, the user's vector.
+
+        In eval mode this is :meth:`encode_last` (the same vector to float rounding, a fraction of the work);
+        in training mode (dropout active) the full :meth:`hidden`."""
+        if self.training:
+            return self.hidden(seq, interest, items)[:, -1]
+        return self.encode_last(seq, interest, items)
+
+    @torch.no_grad()
+    def encode_last(self, seq: torch.Tensor, interest: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, d): :meth:`hidden`'s last position in eval mode, computing only what that position depends on.
+
+        Two exact savings (the top-k scorer's cost is this forward): the leading columns that are padding for every
+        user are dropped (padded keys are masked for real queries, and positions keep their absolute indices), and
+        the last layer runs attention for the last query and the feed-forward on the last position alone (its
+        other outputs feed nothing). Dropout is ignored: call it on a model in eval mode.
+        """
+        B, L = seq.shape
+        d, heads = self.p.d_model, self.p.heads
+        items = self.item_vectors() if items is None else items
+        real = (seq != 0).any(0).nonzero()
+        start = int(real[0]) if len(real) else L - 1
+        seq = seq[:, start:]
+        n = L - start
+        x = items[seq] * (d**0.5)
+        x = x + self.pos_emb(torch.arange(start, L, device=seq.device)).unsqueeze(0)
+        x = x + self.interest_proj(interest).unsqueeze(1)
+        ar = torch.arange(n, device=seq.device)
+        # True = may attend: keys at or before the query and not padding; every query sees itself (as hidden()).
+        allowed = ((ar.unsqueeze(0) <= ar.unsqueeze(1)).unsqueeze(0) & (seq != 0).unsqueeze(1)) | torch.eye(
+            n, dtype=torch.bool, device=seq.device).unsqueeze(0)
+        allowed = allowed.unsqueeze(1)  # (B, 1, n, n): the same mask for every head
+        layers = list(self.encoder.layers)
+        for i, layer in enumerate(layers):
+            last = i == len(layers) - 1
+            x = _encoder_layer(layer, x, allowed[:, :, -1:] if last else allowed, heads, last)
+        h = x[:, -1]
+        if self.encoder.norm is not None:
+            h = self.encoder.norm(h)
+        return self.out_norm(h)
 
     def forward(self, seq: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, interest: torch.Tensor,
                 sampled: int = 0) -> torch.Tensor:
