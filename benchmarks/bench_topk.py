@@ -185,7 +185,9 @@ def main(argv: list[str] | None = None) -> int:
     print(report.summary(), flush=True)
 
     # The same scoring in one process over the same users; inputs built and collected first (not timed).
+    t0 = time.perf_counter()
     prep = job.prepare(last)
+    figures["prepare_s"] = round(time.perf_counter() - t0, 1)  # the job's input side alone (read, build, checkpoint)
     assets, users = prep.assets, prep.users
     pdf = users.orderBy("user_id").toPandas()
     from spark_udfs.topk import build_model

@@ -71,6 +71,11 @@ class ScoringAssets:
         return self.blend < 1.0 or (self.blend_migrating is not None and self.blend_migrating < 1.0)
 
     @cached_property
+    def pic32(self) -> np.ndarray:
+        """``pic`` in float32, C-contiguous: the full-catalogue scorer's copy, made once per worker."""
+        return np.ascontiguousarray(self.pic, dtype=np.float32)
+
+    @cached_property
     def index(self) -> pd.Index:
         """item id -> catalogue index, hashed once per worker instead of once per user."""
         return pd.Index(self.item_ids)
@@ -119,15 +124,20 @@ def model_hidden(model, assets: ScoringAssets, pdf: pd.DataFrame):
     """``(h, items)``: the model's (B, d) user vectors after each user's history and its (n + 1, d) item vectors
     (row 0 = padding), both float64 torch tensors. The user vectors come from ``model.encode``, which SASRec in eval
     mode computes for the last position only (:meth:`driftrec.models.sasrec.SASRec.encode_last`)."""
+    # Logits in float64 from the float32 hidden state and item vectors: the full product and the candidate gather
+    # then agree to ~1e-16, so near-ties rank the same way in both (float32 kernels differ by ~1e-7).
+    h, items = model_hidden32(model, assets, pdf)
+    return h.double(), items.double()
+
+
+def model_hidden32(model, assets: ScoringAssets, pdf: pd.DataFrame):
+    """:func:`model_hidden` in the model's own float32."""
     import torch
 
     seq, interest = model_inputs(assets, pdf)
-    # Logits in float64 from the float32 hidden state and item vectors: the full product and the candidate gather
-    # then agree to ~1e-16, so near-ties rank the same way in both (float32 kernels differ by ~1e-7).
     with torch.no_grad():
         items = model.item_vectors()
-        h = model.encode(torch.as_tensor(seq), torch.as_tensor(interest), items).double()
-        return h, items.double()
+        return model.encode(torch.as_tensor(seq), torch.as_tensor(interest), items), items
 
 
 def model_probabilities(model, assets: ScoringAssets, pdf: pd.DataFrame, cols: np.ndarray | None = None,
@@ -167,14 +177,6 @@ def history_indices(assets: ScoringAssets, pdf: pd.DataFrame) -> tuple[np.ndarra
     lengths = np.fromiter((len(x) for x in lists), np.int64, len(lists))
     flat = np.concatenate(lists) if lengths.sum() else np.zeros(0, np.int64)
     return assets.index.get_indexer(flat), np.repeat(np.arange(len(lists)), lengths), lengths
-
-
-def recent_indices(assets: ScoringAssets, items) -> np.ndarray:
-    """The last ``recent_items`` items of a history, most recent first, as catalogue indices (-1 = unknown)."""
-    if items is None or len(items) == 0:
-        return np.zeros(0, np.int64)
-    last = np.asarray(items, dtype=np.int64)[-assets.recent_items :][::-1]
-    return assets.index.get_indexer(last)
 
 
 def _positions(row: np.ndarray, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -260,6 +262,29 @@ def top_k(scores: np.ndarray, item_ids: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
+def top_k_rows(score, item_ids: np.ndarray, k: int) -> np.ndarray:
+    """:func:`top_k` of a (B, n) torch ``score`` over the whole catalogue: ``torch.topk`` of k + 1, then ties put in
+    item-id order. A row whose k-th and (k+1)-th values are equal (a tie across the cut) is redone by :func:`top_k`,
+    so the chosen set and order are exactly :func:`top_k`'s, whatever order ``torch.topk`` returns ties in."""
+    import torch
+
+    b, n = score.shape
+    kk = min(k, n)
+    if kk == 0 or b == 0:
+        return np.full((b, kk), -1, dtype=np.int64)
+    vals, idx = torch.topk(score, min(kk + 1, n), dim=1)
+    vals, idx = vals.numpy(), idx.numpy()
+    order = np.lexsort((item_ids[idx[:, :kk]], -vals[:, :kk]), axis=-1)
+    out = np.take_along_axis(idx[:, :kk], order, axis=1)
+    out = np.where(np.isfinite(np.take_along_axis(vals[:, :kk], order, axis=1)), out, -1)
+    cut = vals[:, kk - 1]
+    redo = np.isfinite(cut) & (vals[:, kk] == cut) if n > kk else np.zeros(b, dtype=bool)
+    if redo.any():
+        rows = np.flatnonzero(redo)
+        out[rows] = top_k(score[torch.as_tensor(rows)].numpy(), item_ids, kk)
+    return out
+
+
 def use_candidates(assets: ScoringAssets, candidates: bool | None) -> bool:
     if candidates and assets.candidates is None:
         raise ValueError("candidate scoring asked for, but the assets carry no candidate lists")
@@ -319,52 +344,154 @@ def score_parts(assets: ScoringAssets, pdf: pd.DataFrame, model=None, cols: np.n
     return item_term, cat_term, w, migration, model_p, known
 
 
+def full_scores(assets: ScoringAssets, pdf: pd.DataFrame, model=None):
+    """``(score, parts)``: the blended score of every user against the whole catalogue, (B, n) float32 torch.
+
+    The same formula as :func:`score_parts` + :func:`blend_scores`, arranged so a batch makes one catalogue-sized
+    matrix and passes over it a few times: the softmax is exponentiated in place and scaled by ``(1 - w) / sum``,
+    the category term is added by one ``addmm`` with the per-user weights folded into ``q``, and the item term's few
+    successor entries are scatter-added (:func:`kernels.item_term_entries`). ``log`` mode builds the migration
+    matrix, takes its log in place (floored at the smallest float32 normal) and adds the model's log-softmax: the
+    score is the log of :func:`blend_scores`'s. float32 ranks matched float64's on the benchmark (see
+    ``benchmarks/results/topk.json``); ``parts`` carries what the chosen items' float64 values need.
+    """
+    import torch
+
+    if assets.blend_mode not in ("linear", "log"):
+        raise ValueError(f"unknown blend mode {assets.blend_mode!r}: expected 'linear' or 'log'")
+    b, n = len(pdf), len(assets.item_ids)
+    known = _has_history(pdf)
+    w = user_weights(assets, pdf, known)
+    recent, n_recent = recent_matrix(assets, pdf)
+    wi = kernels.item_weight(n_recent > 0, assets.item_term_weight)
+    q = np.stack([np.asarray(x, dtype=np.float64) for x in pdf["q"]])
+    rows, cols, vals = kernels.item_term_entries(recent, n_recent, assets.succ_indptr, assets.succ_indices,
+                                                 assets.succ_probs, assets.recent_decay)
+    keys = torch.from_numpy(rows * n + cols)
+    pic = torch.from_numpy(assets.pic32)
+    f32 = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))  # noqa: E731
+    log = assets.blend_mode == "log"
+    parts = {"known": known, "w": w, "wi": wi, "recent": recent, "n_recent": n_recent, "q": q, "h": None}
+    with torch.no_grad():
+        logits = None
+        if assets.needs_model and known.any():
+            model = model if model is not None else build_model(assets)
+            h, items = model_hidden32(model, assets, pdf[known].reset_index(drop=True))
+            logits = h @ items[1:].T
+            top = logits.amax(dim=1, keepdim=True)
+            logits.sub_(top)
+            if log:
+                log_z = torch.exp(logits).sum(dim=1, keepdim=True).log_()
+                logits.sub_(log_z).mul_(f32(1.0 - w[known])[:, None])  # (1 - w) * log softmax
+            else:
+                z = logits.exp_().sum(dim=1, keepdim=True)
+                log_z = torch.log(z)
+                logits.mul_(f32(1.0 - w[known])[:, None] / z)  # (1 - w) * softmax
+            parts.update(h=h, items=items, lse=top + log_z)
+        if log:
+            score = torch.mm(f32(q * (1.0 - wi)[:, None]), pic)
+            score.view(-1).index_add_(0, keys, f32(vals * wi[rows]))
+            score.clamp_(min=float(np.finfo(np.float32).tiny)).log_().mul_(f32(w)[:, None])
+        else:
+            score = torch.mm(f32(q * (w * (1.0 - wi))[:, None]), pic)
+            score.view(-1).index_add_(0, keys, f32(vals * (w * wi)[rows]))
+        if logits is not None:
+            if known.all():
+                score.add_(logits)
+            else:
+                score[torch.from_numpy(np.flatnonzero(known))] += logits
+    return score, parts
+
+
+def _chosen_parts(assets: ScoringAssets, parts: dict, chosen: np.ndarray):
+    """``(item_term, category_term, model_p)`` at the chosen items (B, k; -1 = none), in float64."""
+    import torch
+
+    n = len(assets.item_ids)
+    targets = np.where(chosen >= 0, chosen, n)
+    item = kernels.item_term(parts["recent"], parts["n_recent"], assets.succ_indptr, assets.succ_indices,
+                             assets.succ_probs, n, targets, assets.recent_decay)
+    cat = kernels.category_term(parts["q"], assets.pic, targets)
+    model_p = np.zeros(chosen.shape)
+    known = parts["known"]
+    if parts["h"] is not None:
+        rows = parts["items"][torch.from_numpy(np.where(chosen[known] >= 0, chosen[known], 0) + 1)]
+        with torch.no_grad():
+            logit = torch.einsum("bd,bkd->bk", parts["h"].double(), rows.double()) - parts["lse"].double()
+        model_p[known] = np.where(chosen[known] >= 0, torch.exp(logit).numpy(), 0.0)
+    return item, cat, model_p
+
+
+def _exclude_consumed(assets: ScoringAssets, pdf: pd.DataFrame, score, cols: np.ndarray | None) -> None:
+    """Sets each user's consumed items to -inf in ``score`` (numpy, or torch over the whole catalogue)."""
+    consumed = [np.zeros(0, np.int64) if x is None else np.asarray(x, dtype=np.int64) for x in pdf["consumed"]]
+    lengths = np.fromiter((len(x) for x in consumed), np.int64, len(consumed))
+    if not lengths.sum():
+        return
+    pos = assets.index.get_indexer(np.concatenate(consumed))  # one lookup for the batch
+    owner = np.repeat(np.arange(len(consumed)), lengths)
+    if cols is None:
+        import torch
+
+        n = score.shape[1]
+        flat = owner[pos >= 0] * n + pos[pos >= 0]
+        if isinstance(score, torch.Tensor):
+            score.view(-1)[torch.from_numpy(flat)] = float("-inf")
+        else:
+            score.reshape(-1)[flat] = -np.inf
+        return
+    bounds = np.cumsum(lengths)
+    for u in np.flatnonzero(lengths):
+        p = pos[bounds[u] - lengths[u] : bounds[u]]
+        at, found = _positions(cols[u], np.sort(p[p >= 0]))
+        score[u, at[found]] = -np.inf
+
+
 def score_batch(assets: ScoringAssets, pdf: pd.DataFrame, model=None, candidates: bool | None = None) -> pd.DataFrame:
     """One batch of users -> their top-k rows (``OUTPUT_SCHEMA``).
 
     ``candidates``: rank only each user's candidate set (None: whenever the assets carry candidate lists, i.e. the
-    catalogue is above ``topk.candidate_threshold``); False forces the whole catalogue.
+    catalogue is above ``topk.candidate_threshold``); False forces the whole catalogue (:func:`full_scores`, float32).
     """
     columns = [c.split()[0] for c in OUTPUT_SCHEMA.split(", ")]
     if len(pdf) == 0:
         return pd.DataFrame(columns=columns)
     n = len(assets.item_ids)
-    cols, hidden = candidate_plan(assets, pdf, model) if use_candidates(assets, candidates) else (None, None)
-    item_term, cat_term, w, migration, model_p, known = score_parts(assets, pdf, model, cols, hidden=hidden)
-    score = blend_scores(model_p, migration, user_weights(assets, pdf, known), assets.blend_mode)
-    if cols is not None:
-        score[cols >= n] = -np.inf
-    consumed = [np.zeros(0, np.int64) if x is None else np.asarray(x, dtype=np.int64) for x in pdf["consumed"]]
-    lengths = np.fromiter((len(x) for x in consumed), np.int64, len(consumed))
-    if lengths.sum():
-        pos = assets.index.get_indexer(np.concatenate(consumed))  # one lookup for the batch
-        owner = np.repeat(np.arange(len(consumed)), lengths)
-        if cols is None:
-            score[owner[pos >= 0], pos[pos >= 0]] = -np.inf
-        else:
-            bounds = np.cumsum(lengths)
-            for u in np.flatnonzero(lengths):
-                p = pos[bounds[u] - lengths[u] : bounds[u]]
-                at, found = _positions(cols[u], np.sort(p[p >= 0]))
-                score[u, at[found]] = -np.inf
-    ids = assets.item_ids if cols is None else np.append(assets.item_ids, -1)[cols]
-    best = top_k(score, ids, assets.k)
+    if not use_candidates(assets, candidates):
+        score, parts = full_scores(assets, pdf, model)
+        _exclude_consumed(assets, pdf, score, None)
+        chosen = top_k_rows(score, assets.item_ids, assets.k)
+        valid = chosen >= 0
+        import torch
 
-    valid = best >= 0
-    at = np.where(valid, best, 0)
-    chosen = np.where(valid, at if cols is None else np.take_along_axis(cols, at, axis=1), -1)
-    recent, _ = recent_matrix(assets, pdf)
-    q = np.stack([np.asarray(x, dtype=np.float64) for x in pdf["q"]])
-    rise = np.stack([np.zeros(q.shape[1]) if x is None else np.asarray(x, dtype=np.float64) for x in pdf["rise"]])
-    pick = lambda m: np.take_along_axis(m, at, axis=1)  # noqa: E731
-    via_r, via_c, kinds = kernels.reasons(
-        pick(item_term), pick(cat_term), w, recent, chosen, q, rise, assets.pic, known, assets.rising_margin,
-        assets.succ_indptr, assets.succ_indices, assets.succ_probs,
-    )
-    # Valid picks are a prefix of each row (top_k fills from the left), so the row-major mask keeps users in batch
-    # order and each user's ranks ascending: the rows are built column-wise for the whole batch at once.
+        picked = torch.gather(score, 1, torch.from_numpy(np.maximum(chosen, 0))).double().numpy()
+        item_t, cat_t, model_t = _chosen_parts(assets, parts, chosen)
+        w, known, recent, q = parts["wi"], parts["known"], parts["recent"], parts["q"]
+        score_t = np.exp(picked) if assets.blend_mode == "log" else picked
+    else:
+        cols, hidden = candidate_plan(assets, pdf, model)
+        item_term, cat_term, w, migration, model_p, known = score_parts(assets, pdf, model, cols, hidden=hidden)
+        score = blend_scores(model_p, migration, user_weights(assets, pdf, known), assets.blend_mode)
+        score[cols >= n] = -np.inf
+        _exclude_consumed(assets, pdf, score, cols)
+        best = top_k(score, np.append(assets.item_ids, -1)[cols], assets.k)
+        valid = best >= 0
+        at = np.where(valid, best, 0)
+        chosen = np.where(valid, np.take_along_axis(cols, at, axis=1), -1)
+        pick = lambda m: np.take_along_axis(m, at, axis=1)  # noqa: E731
+        item_t, cat_t, model_t, score_t = pick(item_term), pick(cat_term), pick(model_p), pick(score)
+        recent, _ = recent_matrix(assets, pdf)
+        q = np.stack([np.asarray(x, dtype=np.float64) for x in pdf["q"]])
     if not valid.any():
         return pd.DataFrame(columns=columns)
+    rise = np.stack([np.zeros(q.shape[1]) if x is None else np.asarray(x, dtype=np.float64) for x in pdf["rise"]])
+    via_r, via_c, kinds = kernels.reasons(
+        item_t, cat_t, w, recent, chosen, q, rise, assets.pic, known, assets.rising_margin,
+        assets.succ_indptr, assets.succ_indices, assets.succ_probs,
+    )
+    migration_t = kernels.migration_score(item_t, cat_t, w)
+    # Valid picks are a prefix of each row (top_k fills from the left), so the row-major mask keeps users in batch
+    # order and each user's ranks ascending: the rows are built column-wise for the whole batch at once.
     rank = np.broadcast_to(np.arange(1, valid.shape[1] + 1, dtype=np.int32), valid.shape)[valid]
     vr, vc = via_r[valid], via_c[valid]
     via_item = pd.arrays.IntegerArray(np.where(vr >= 0, assets.item_ids[np.maximum(vr, 0)], 0).astype(np.int64),
@@ -372,8 +499,8 @@ def score_batch(assets: ScoringAssets, pdf: pd.DataFrame, model=None, candidates
     category_names = np.array([*assets.markov_categories, None], dtype=object)  # -1 -> None
     return pd.DataFrame({
         "user_id": np.repeat(pdf["user_id"].to_numpy(dtype=np.int64), valid.sum(axis=1)), "rank": rank,
-        "item_id": assets.item_ids[chosen[valid]], "score": pick(score)[valid],
-        "model_score": pick(model_p)[valid], "migration_score": pick(migration)[valid],
+        "item_id": assets.item_ids[chosen[valid]], "score": score_t[valid],
+        "model_score": model_t[valid], "migration_score": migration_t[valid],
         "via_item": via_item, "via_category": category_names[vc], "reason_kind": kinds[valid].astype(object),
     })
 

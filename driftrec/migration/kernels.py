@@ -296,6 +296,24 @@ def item_term(recent: np.ndarray, n_recent: np.ndarray, succ_indptr: np.ndarray,
     return out
 
 
+def item_term_entries(recent: np.ndarray, n_recent: np.ndarray, succ_indptr: np.ndarray, succ_indices: np.ndarray,
+                      succ_probs: np.ndarray, decay: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`item_term` as sparse entries ``(row, col, value)``, one per (recent slot, successor): summing the values
+    of equal ``(row, col)`` gives the dense term. A full-catalogue scorer adds them into its score matrix in place
+    instead of materialising (B, n) per slot, most of which is zeros."""
+    recent = np.asarray(recent, dtype=np.int64).reshape(len(n_recent), -1)
+    weights = recency_weights(n_recent, recent.shape[1], decay)
+    slot_w = weights[:, : recent.shape[1]]
+    live = (recent >= 0) & (slot_w > 0)
+    rows = np.nonzero(live)  # (user, slot) pairs, row-major
+    items = recent[rows]
+    lo, hi = succ_indptr[items], succ_indptr[items + 1]
+    lengths = hi - lo
+    pos = np.repeat(lo - np.cumsum(lengths) + lengths, lengths) + np.arange(lengths.sum())
+    user = np.repeat(rows[0], lengths)
+    return user, succ_indices[pos], succ_probs[pos] * np.repeat(slot_w[rows], lengths)
+
+
 def category_term(q: np.ndarray, pic: np.ndarray, cols: np.ndarray | None = None) -> np.ndarray:
     """``sum_c q_u(c) P(i | c)``: (B, C) @ (C, n), or over candidates ``cols`` (B, M, padded with n -> 0)."""
     if cols is None:
