@@ -352,8 +352,8 @@ def full_scores(assets: ScoringAssets, pdf: pd.DataFrame, model=None):
     the category term is added by one ``addmm`` with the per-user weights folded into ``q``, and the item term's few
     successor entries are scatter-added (:func:`kernels.item_term_entries`). ``log`` mode builds the migration
     matrix, takes its log in place (floored at the smallest float32 normal) and adds the model's log-softmax: the
-    score is the log of :func:`blend_scores`'s. float32 ranks matched float64's on the benchmark (see
-    ``benchmarks/results/topk.json``); ``parts`` carries what the chosen items' float64 values need.
+    score is the log of :func:`blend_scores`'s. float32 ranks matched float64's on the benchmark's seed (README,
+    top-k throughput; ``tests/test_topk_float32.py``); ``parts`` carries what the chosen items' float64 values need.
     """
     import torch
 
