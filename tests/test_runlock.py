@@ -147,6 +147,34 @@ def test_a_killed_runs_running_rows_are_marked_failed_by_the_next_holder(spark, 
     assert stage_runs.fail_abandoned(spark, conf, None, "x") == 0
 
 
+def test_an_attempt_writes_one_row_per_key_even_when_a_run_id_is_reused(spark, tmp_path):
+    """The first row of an attempt is appended when its key is new; a launcher that reuses a run id for a stage it
+    already attempted (a retried scheduler task with the same ``--run-id``) still updates that one row."""
+    conf = make_conf(tmp_path / "lake")
+    ds = dt.date(2026, 1, 3)
+
+    def fails() -> StageResult:
+        raise ValueError("boom")
+
+    first = stage_runs.attempt(spark, conf, "sched-run", ds, "train", fails)
+    assert first.status == FAILED and isinstance(first.error, ValueError)
+    again = stage_runs.attempt(spark, conf, "sched-run", ds, "train", lambda: StageResult(rows_in=7, rows_out=1))
+    other = stage_runs.attempt(spark, conf, "sched-run", ds, "topk", lambda: StageResult(rows_in=3))
+    assert again.status == other.status == SUCCEEDED
+    rows = lakehouse.read_table(spark, conf, PIPELINE_RUNS).orderBy("stage").collect()
+    assert [(r["run_id"], r["ds"], r["stage"], r["status"]) for r in rows] == [
+        ("sched-run", ds, "topk", SUCCEEDED), ("sched-run", ds, "train", SUCCEEDED)]
+    train = rows[1]
+    assert (train["rows_in"], train["rows_out"], train["detail"]) == (7, 1, "")
+    assert train["finished_at"] >= train["started_at"]
+    # A run id minted here skips the lookup for keys it has not written, not for one it has.
+    minted = stage_runs.new_run_id()
+    for _ in range(2):
+        assert stage_runs.attempt(spark, conf, minted, ds, "migrate", fails).status == FAILED
+    mine = lakehouse.read_table(spark, conf, PIPELINE_RUNS).where(f"run_id = '{minted}'").collect()
+    assert [(r["stage"], r["status"]) for r in mine] == [("migrate", FAILED)]
+
+
 # ---- object-store roots: the Delta lock (run here on a local folder, within one JVM) ------------------------------
 def _attempt(lock: RunLock, start: threading.Barrier) -> bool:
     start.wait()
