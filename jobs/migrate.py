@@ -181,19 +181,23 @@ class MigrationJob:
         self._log_cache = None
         if not todo:
             return
-        problems = [problem for spec in VERSIONED if spec.logical in todo
-                    and (problem := lakehouse.restore_problem(spark, conf, spec, todo[spec.logical])) is not None]
+        threads = conf.spark.write_threads  # the tables are independent: check, then restore, them concurrently
+        checked = [spec for spec in VERSIONED if spec.logical in todo]
+        found = run_concurrently(spark, [functools.partial(lakehouse.restore_problem, spark, conf, spec,
+                                                           todo[spec.logical]) for spec in checked], threads)
+        problems = [problem for problem in found if problem is not None]
         if problems:
             self._recompute_before(start, "; ".join(problems), before)
             return
         if MIGRATION_RUNS.logical in versions:
             self._log_batch("rewind-" + uuid.uuid4().hex, [start], versions, STARTED)
             todo[MIGRATION_RUNS.logical] = int(versions[MIGRATION_RUNS.logical])  # the guard row moved it
-        order = sorted(VERSIONED, key=lambda spec: spec.logical == MIGRATION_RUNS.logical)  # the log last
+        state = [spec for spec in VERSIONED if spec.logical in todo and spec.logical != MIGRATION_RUNS.logical]
         try:
-            for spec in order:
-                if spec.logical in todo:
-                    lakehouse.restore_to(spark, conf, spec, todo[spec.logical])
+            run_concurrently(spark, [functools.partial(lakehouse.restore_to, spark, conf, spec, todo[spec.logical])
+                                     for spec in state], threads)
+            if MIGRATION_RUNS.logical in todo:  # the log last: it drops the guard row
+                lakehouse.restore_to(spark, conf, MIGRATION_RUNS, todo[MIGRATION_RUNS.logical])
         except Exception as e:  # noqa: BLE001 - some tables restored, some not: replace them all
             self._recompute_before(start, f"a restore failed after the check: {type(e).__name__}: {e}", before)
         self._log_cache = None

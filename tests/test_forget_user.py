@@ -432,3 +432,16 @@ def test_no_rewind_restores_a_version_from_before_an_erasure(spark, tmp_path, ca
         ops = [r["operation"] for r in DeltaTable.forPath(spark, conf.table_path(spec.logical)).history().collect()]
         assert "RESTORE" not in ops, spec.logical
         assert lakehouse.read_table(spark, conf, spec).where(F.col("user_id") == GONE).count() == 0, spec.logical
+
+
+def test_a_commit_file_gone_from_the_log_counts_as_an_erasure(spark, tmp_path):
+    """The erasure check reads each later commit's JSON file; one it cannot read cannot be shown harmless, so a
+    restore across it is refused (the rewind then recomputes), while versions after the gap stay restorable."""
+    conf = make_conf(tmp_path / "lake")
+    for p in (0.5, 0.4, 0.3):
+        lakehouse.append(spark, conf, USER_INTEREST, _df(spark, USER_INTEREST, _interest(p)))
+    first = _version(spark, conf, USER_INTEREST) - 2
+    assert lakehouse.erasure_after(spark, conf, USER_INTEREST, first) is None  # control: plain appends
+    (Path(conf.table_path(USER_INTEREST.logical)) / "_delta_log" / f"{first + 1:020d}.json").unlink()
+    assert lakehouse.erasure_after(spark, conf, USER_INTEREST, first) == first + 1
+    assert lakehouse.erasure_after(spark, conf, USER_INTEREST, first + 1) is None
