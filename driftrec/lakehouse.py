@@ -302,8 +302,8 @@ def forget_ensured(conf: Config) -> None:
 
 
 def _create(spark: SparkSession, conf: Config, spec: TableSpec, registered: bool | None) -> DeltaTable:
-    """Create the table if missing and register it; ``registered``: whether the catalog has its name (``None``:
-    ask)."""
+    """Create the table if missing and register it; ``registered``: whether the catalog has its name, so its
+    location needs checking (``None``: ask; ``False`` also when the caller has checked it)."""
     if registered is None and not spark.catalog.databaseExists(conf.lakehouse.database):
         ensure_database(spark, conf)
         registered = False
@@ -368,9 +368,11 @@ def ensure_tables(spark: SparkSession, conf: Config, specs: tuple[TableSpec, ...
     else:
         ensure_database(spark, conf)
         registered = set()
-    run_concurrently(spark, [functools.partial(_create, spark, conf, spec,
-                                               getattr(conf.tables, spec.logical).lower() in registered)
-                             for spec in todo], conf.spark.write_threads)
+    for spec in todo:  # a name registered at another location stops everything before any table is created
+        if getattr(conf.tables, spec.logical).lower() in registered:
+            _check_registered_location(spark, conf, spec)
+    run_concurrently(spark, [functools.partial(_create, spark, conf, spec, False) for spec in todo],
+                     conf.spark.write_threads)
 
 
 def read_table(spark: SparkSession, conf: Config, spec: TableSpec) -> DataFrame:
@@ -598,7 +600,10 @@ def restore_problem(spark: SparkSession, conf: Config, spec: TableSpec, version:
     if missing:
         return (f"{spec.logical} v{version}: {len(missing)} of its {len(files)} data files are gone from storage "
                 f"(vacuumed), e.g. {missing[0]}")
-    erased = erasure_after(spark, conf, spec, version)
+    try:
+        erased = erasure_after(spark, conf, spec, version)
+    except Exception as e:  # noqa: BLE001 - commits that cannot be read cannot be shown to hold no erasure
+        return f"{spec.logical}: its commits after v{version} cannot be read: {type(e).__name__}: {str(e)[:300]}"
     if erased is not None:
         return (f"{spec.logical} v{version}: users were erased from it at v{erased} (forget-user), or that commit's "
                 "log file is gone; restoring an older version would bring their rows back")
@@ -606,9 +611,9 @@ def restore_problem(spark: SparkSession, conf: Config, spec: TableSpec, version:
 
 
 def restore_to(spark: SparkSession, conf: Config, spec: TableSpec, version: int) -> None:
-    """:func:`restore_version`, where :data:`EMPTY_VERSION` empties the table (one commit, no files needed)."""
+    """:func:`restore_version`, where :data:`EMPTY_VERSION` empties the table (no files needed)."""
     if version == EMPTY_VERSION:  # a DELETE without a condition drops every file from the log: no scan, no write
-        DeltaTable.forPath(spark, conf.table_path(spec.logical)).delete()
+        ensure_table(spark, conf, spec).delete()  # (a table missing here is created; an empty one gets no commit)
     else:
         restore_version(spark, conf, spec, version)
 
