@@ -754,6 +754,18 @@ def snapshot_files(conf: Config, spec: TableSpec, version: int, partition: dict[
     )
 
 
+def snapshot_bytes(conf: Config, spec: TableSpec, version: int, partition: dict[str, str]) -> int:
+    """The bytes on storage of the files :func:`snapshot_files` lists, from the same log (delta-rs, no Spark)."""
+    import pyarrow as pa
+    from deltalake import DeltaTable as ArrowDeltaTable
+
+    actions = pa.table(ArrowDeltaTable(conf.table_path(spec.logical), version=version).get_add_actions(flatten=True))
+    sizes = actions.column("size_bytes").to_pylist()
+    parts = {k: actions.column(f"partition.{k}").to_pylist() for k in partition}
+    return int(sum(size for i, size in enumerate(sizes)
+                   if all(str(parts[k][i]) == str(v) for k, v in partition.items())))
+
+
 def register_all(spark: SparkSession, conf: Config) -> None:
     """Register every table that exists on storage, e.g. for a session catalog or a fresh metastore."""
     for spec in ALL_TABLES:

@@ -75,6 +75,13 @@ def model_from_space(space: ItemSpace, conf: Config) -> SequenceModel:
     return new_model(conf.training.model, space, conf.training)
 
 
+class SequenceFiles(NamedTuple):
+    """Tonight's pinned training_sequences partition: its data files (URIs) and their bytes on storage."""
+
+    uris: list[str]
+    bytes: int
+
+
 class Current(NamedTuple):
     """The current registered model, loaded: its registry row, the model and its item space."""
 
@@ -159,7 +166,7 @@ class TrainJob:
 
         return catalogue_side_info(self.spark, self.conf, events, self.conf.training.use_text)
 
-    def _write_sequences(self, events: DataFrame, ds: dt.date) -> tuple[list[str], int]:
+    def _write_sequences(self, events: DataFrame, ds: dt.date) -> tuple[SequenceFiles, int]:
         """Write tonight's sequences; ``(Parquet files of that partition, table version)`` pinned at the write."""
         from driftrec.training_data import build_sequences
 
@@ -170,8 +177,10 @@ class TrainJob:
                                 metrics=False)
         version = lakehouse.table_version(self.spark, self.conf, TRAINING_SEQUENCES)
         # Written only by whole-partition replaces (no deletion vectors), so the files are the snapshot.
-        files = lakehouse.snapshot_files(self.conf, TRAINING_SEQUENCES, version, {"ds": ds.isoformat()})
-        log.info("training_sequences v%s: %d files for ds=%s", version, len(files), ds)
+        part = {"ds": ds.isoformat()}
+        files = SequenceFiles(lakehouse.snapshot_files(self.conf, TRAINING_SEQUENCES, version, part),
+                              lakehouse.snapshot_bytes(self.conf, TRAINING_SEQUENCES, version, part))
+        log.info("training_sequences v%s: %d files (%d bytes) for ds=%s", version, len(files.uris), files.bytes, ds)
         return files, int(version)
 
     def _valid(self, ds: dt.date, sequences_version: int) -> pd.DataFrame:
@@ -203,18 +212,19 @@ class TrainJob:
             ) from e
         return Current(cur, old, old_space)
 
-    def _fit(self, files: list[str], start: Start, ds: dt.date, version: int, valid: pd.DataFrame | None = None):
+    def _fit(self, files: SequenceFiles, start: Start, ds: dt.date, version: int, valid: pd.DataFrame | None = None):
         """Ray Train on tonight's sequences; ``(fit result, published checkpoint directory)``.
 
         ``valid``: the held-out rows the loop scores after every epoch for early stopping (None: every epoch runs).
         """
         from ray_trainers import sasrec_trainer
-        from ray_trainers.data import read_training_sequences
+        from ray_trainers.data import training_dataset
         from ray_trainers.session import ensure_ray
 
         conf, t = self.conf, self.conf.training
         ensure_ray(t.ray_address or None)
-        train_ds = read_training_sequences(files, t.materialize_data)
+        train_ds = training_dataset(files.uris, files.bytes, int(t.driver_read_max_mb * 2**20), t.num_workers,
+                                    t.materialize_data)
         lake = lakehouse.Lakehouse.of(conf)
         fit = sasrec_trainer.fit(
             train_ds, start.space, model_class(t.model).params_for(start.space, t), t,
@@ -246,7 +256,7 @@ class TrainJob:
         current = self._current()
         events = self._events(ds)
         files, sequences_version = self._write_sequences(events, ds)
-        if not files:
+        if not files.uris:
             raise RuntimeError(f"no training sequences for {ds}: no events on or before it?")
         start = plan_start(current, self._side_info(events), ds, conf)
 

@@ -41,3 +41,67 @@ def test_ray_reads_many_parquet_files(tmp_path):
                          cwd=Path(__file__).resolve().parents[1])
     assert out.returncode == 0, out.stderr[-3000:]
     assert f"rows 240 sum {sum(range(240))}" in out.stdout.splitlines(), out.stdout
+
+
+# --- the driver read of a small snapshot ------------------------------------------------------------------------------
+
+def _sequences(spark, conf, days: list[str], users: int):
+    import datetime as dt
+
+    from driftrec import lakehouse, sqltext
+    from driftrec.tables import TRAINING_SEQUENCES
+
+    rows = [(dt.date.fromisoformat(d), u, c, "valid" if c == 0 and u % 3 == 0 else "train", [u, u + 1, c],
+             [100 * u, 100 * u + 1, 100 * u + 2], ["a"] if u % 2 else [], [1.0] if u % 2 else [])
+            for d in days for u in range(users) for c in range(2)]
+    df = spark.createDataFrame(rows, TRAINING_SEQUENCES.schema).repartition(3)
+    for d in days:
+        lakehouse.replace_where(spark, conf, TRAINING_SEQUENCES, df.where(f"ds = '{d}'"), sqltext.equals("ds", d),
+                                metrics=False)
+    return lakehouse.table_version(spark, conf, TRAINING_SEQUENCES)
+
+
+def test_a_small_snapshot_read_by_the_driver_equals_the_ray_data_read(spark, tmp_path):
+    """Same rows as the Ray Data read, one in-memory block per worker; the bytes add up to the partition's files;
+    past the size limit, or on a scheme pyarrow cannot open, Ray Data reads (unmaterialized when asked)."""
+    import os
+
+    import ray
+
+    from driftrec import lakehouse
+    from driftrec.tables import TRAINING_SEQUENCES
+    from ray_trainers.data import (
+        SEQUENCE_COLUMNS,
+        driver_can_open,
+        read_training_sequences,
+        read_training_sequences_in_driver,
+        training_dataset,
+    )
+    from ray_trainers.session import ensure_ray
+    from tests.conftest import make_conf
+
+    conf = make_conf(tmp_path / "lh")
+    version = _sequences(spark, conf, ["2026-01-01", "2026-01-02"], users=40)
+    files = lakehouse.snapshot_files(conf, TRAINING_SEQUENCES, version, {"ds": "2026-01-02"})
+    size = lakehouse.snapshot_bytes(conf, TRAINING_SEQUENCES, version, {"ds": "2026-01-02"})
+    assert len(files) >= 2 and size == sum(os.path.getsize(f.removeprefix("file://")) for f in files)
+
+    ensure_ray(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        by_ray = read_training_sequences(files).to_pandas()
+        local = read_training_sequences_in_driver(files, blocks=2)
+        by_driver = local.to_pandas()
+        assert local.num_blocks() == 2
+        assert list(by_driver.columns) == SEQUENCE_COLUMNS == list(by_ray.columns)
+        key = ["user_id", "chunk"]
+        assert len(by_driver) == 40 * 2 - 14 == len(by_ray)  # the 14 valid rows (users 0, 3, .., 39) left out
+        a, b = by_driver.sort_values(key).reset_index(drop=True), by_ray.sort_values(key).reset_index(drop=True)
+        for col in SEQUENCE_COLUMNS:
+            assert [list(v) if hasattr(v, "__len__") else v for v in a[col]] == \
+                   [list(v) if hasattr(v, "__len__") else v for v in b[col]], col
+
+        assert type(training_dataset(files, size, size, 2, materialize=False)) is type(local)
+        assert type(training_dataset(files, size, size - 1, 2, materialize=False)) is not type(local)
+        assert driver_can_open(files[0]) and not driver_can_open("s3a://bucket/lh/training_sequences/x.parquet")
+    finally:
+        ray.shutdown()
