@@ -29,11 +29,6 @@ def quiet_worker_logs() -> None:
         _DropStateApiNoise())
 
 
-# A local Ray is one machine this driver started: no node of it can be preempted, so Ray Train's preemption
-# watcher (one more actor process started, and polled, per training run) has nothing to watch.
-LOCAL_TRAIN_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
-
-
 def _driver_code_path() -> str:
     """PYTHONPATH for a local Ray's workers: the folder this driver imports driftrec's packages from, first. Workers
     then run the driver's code, not whatever checkout the environment's editable install points at (two checkouts
@@ -56,8 +51,8 @@ def _start_reaper() -> None:
 def ensure_ray(address: str | None = None, *, attempts: int = 3, **init_kwargs) -> None:
     """``ray.init`` unless Ray is already up; a local start (no ``address``) is tried up to ``attempts`` times.
 
-    A local start installs :func:`quiet_worker_logs` in its workers, puts this driver's code first on their path
-    (:func:`_driver_code_path`) and sets ``LOCAL_TRAIN_ENV`` unless the caller passes its own runtime env,
+    A local start installs :func:`quiet_worker_logs` in its workers and puts this driver's code first on their path
+    (:func:`_driver_code_path`) unless the caller passes its own runtime env,
     and a reaper that stops its processes if this driver is killed."""
     import ray
 
@@ -67,7 +62,7 @@ def ensure_ray(address: str | None = None, *, attempts: int = 3, **init_kwargs) 
         ray.init(address=address, **init_kwargs)
         return
     init_kwargs.setdefault("runtime_env", {"worker_process_setup_hook": quiet_worker_logs,
-                                           "env_vars": {"PYTHONPATH": _driver_code_path(), **LOCAL_TRAIN_ENV}})
+                                           "env_vars": {"PYTHONPATH": _driver_code_path()}})
     for attempt in range(1, attempts + 1):
         try:
             ray.init(**init_kwargs)
