@@ -206,9 +206,10 @@ class TrainingConfig(_Section):
     mixed_precision: bool = True  # bf16 autocast, on GPU only
     storage_path: str = ""  # Ray Train results; empty: <lakehouse.root>/_ray_results
     materialize_data: bool = True  # read sequences into the object store before training (needed on small nodes)
-    # Sequences up to this size (on storage) are read by the driver and handed to Ray in memory; a Ray Data read
-    # costs 10-25 s of task start-up on a small node whatever the size. 0: always Ray Data.
-    driver_read_max_mb: float = Field(default=256.0, ge=0)
+    # Sequences up to this size on storage (compressed Parquet; a few times that in the driver's memory, and once more
+    # in Ray's object store) are read by the driver and handed to Ray in memory: a Ray Data read costs 10-25 s of
+    # task start-up on a small node whatever the size. 0: always Ray Data.
+    driver_read_max_mb: float = Field(default=256.0, ge=0, allow_inf_nan=False)
     max_seq_len: int = Field(default=50, ge=2)
     max_chunks_per_user: int = Field(default=4, ge=1)  # long histories become up to this many sequences
     d_model: int = Field(default=64, ge=8)

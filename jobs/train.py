@@ -167,7 +167,8 @@ class TrainJob:
         return catalogue_side_info(self.spark, self.conf, events, self.conf.training.use_text)
 
     def _write_sequences(self, events: DataFrame, ds: dt.date) -> tuple[SequenceFiles, int]:
-        """Write tonight's sequences; ``(Parquet files of that partition, table version)`` pinned at the write."""
+        """Write tonight's sequences; ``(that partition's Parquet files and bytes, table version)`` pinned at the
+        write. The URIs are as pyarrow (which both training reads use) knows them."""
         from driftrec.training_data import build_sequences
 
         t = self.conf.training
@@ -178,8 +179,10 @@ class TrainJob:
         version = lakehouse.table_version(self.spark, self.conf, TRAINING_SEQUENCES)
         # Written only by whole-partition replaces (no deletion vectors), so the files are the snapshot.
         part = {"ds": ds.isoformat()}
-        files = SequenceFiles(lakehouse.snapshot_files(self.conf, TRAINING_SEQUENCES, version, part),
-                              lakehouse.snapshot_bytes(self.conf, TRAINING_SEQUENCES, version, part))
+        uris = [lakehouse.Lakehouse.pyarrow_uri(u)
+                for u in lakehouse.snapshot_files(self.conf, TRAINING_SEQUENCES, version, part)]
+        size = lakehouse.snapshot_bytes(self.conf, TRAINING_SEQUENCES, version, part) if uris else 0
+        files = SequenceFiles(uris, size)
         log.info("training_sequences v%s: %d files (%d bytes) for ds=%s", version, len(files.uris), files.bytes, ds)
         return files, int(version)
 

@@ -1,8 +1,9 @@
-"""Tonight's training sequences for Ray Train: the Parquet files of one pinned Delta snapshot -> a Dataset of train rows.
+"""Tonight's training sequences for Ray Train: the Parquet files of one pinned Delta snapshot -> Dataset of train rows.
 
 A small snapshot is read by the driver (pyarrow) and handed to Ray as in-memory blocks: a Ray Data read spends
 10-25 s starting read tasks on a small node even for a few kilobytes. A large one is read by Ray Data tasks in
-parallel, as the cluster is sized for.
+parallel, as the cluster is sized for. Both resolve URIs with pyarrow: pass them as ``Lakehouse.pyarrow_uri``
+gives them (``s3a://`` -> ``s3://``).
 """
 
 from __future__ import annotations
@@ -42,44 +43,39 @@ def read_training_sequences(files: list[str], materialize: bool = True):
     return ds.materialize() if materialize else ds
 
 
+def _paths(files: list[str]):
+    """``(pyarrow filesystem, paths inside it)`` for URIs of one table, resolving the filesystem once (on S3 each
+    resolution asks for the bucket's region) where a URI's scheme and authority prefix the others'."""
+    from pyarrow import fs as pafs
+
+    filesystem, first = pafs.FileSystem.from_uri(files[0])
+    prefix = files[0][: len(files[0]) - len(first)] if files[0].endswith(first) else None
+    paths = [first]
+    for f in files[1:]:
+        paths.append(f[len(prefix):] if prefix is not None and f.startswith(prefix) else pafs.FileSystem.from_uri(f)[1])
+    return filesystem, paths
+
+
 def read_training_sequences_in_driver(files: list[str], blocks: int = 1):
-    """The same rows as :func:`read_training_sequences`, read here with pyarrow and split into ``blocks`` in-memory
-    blocks (one per training worker, so the split hands each its share without a repartition). Needs ``ray.init()``.
-    """
+    """The same rows as :func:`read_training_sequences`, read here with pyarrow into ``blocks`` in-memory blocks
+    (one per training worker). URIs as pyarrow knows them (``Lakehouse.pyarrow_uri``). Needs ``ray.init()``."""
     import pyarrow.dataset as pds
     import ray
-    from pyarrow import fs as pafs
 
     if not files:
         raise ValueError("no training sequence files to read")
     quiet_progress()
-    filesystem, first = pafs.FileSystem.from_uri(files[0])
-    paths = [first] + [pafs.FileSystem.from_uri(f)[1] for f in files[1:]]
+    filesystem, paths = _paths(files)
     table = pds.dataset(paths, filesystem=filesystem, format="parquet").to_table(
         columns=SEQUENCE_COLUMNS, filter=pds.field("split") == "train")
-    n = max(1, min(int(blocks), table.num_rows))
-    step = -(-table.num_rows // n)
-    return ray.data.from_arrow([table.slice(i * step, step) for i in range(n)])
-
-
-def driver_can_open(uri: str) -> bool:
-    """Whether pyarrow opens ``uri``'s filesystem here (local paths, ``file://``, ``s3://``, ``gs://``, ``hdfs://``
-    and whatever this pyarrow build has); a scheme it does not know (``s3a://``) goes to the Ray Data read."""
-    import pyarrow as pa
-    from pyarrow import fs as pafs
-
-    try:
-        pafs.FileSystem.from_uri(uri)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
-        log.info("training sequences at %s: pyarrow cannot open it here (%s); Ray Data reads them", uri, e)
-        return False
-    return True
+    return ray.data.from_arrow(table, override_num_blocks=max(1, int(blocks)))
 
 
 def training_dataset(files: list[str], total_bytes: int, driver_read_max_bytes: int, workers: int,
                      materialize: bool = True):
-    """The train rows of ``files`` (``total_bytes`` on storage): read by the driver up to ``driver_read_max_bytes``
-    when pyarrow can open them, else by Ray Data tasks."""
-    if files and total_bytes <= driver_read_max_bytes and driver_can_open(files[0]):
+    """The train rows of ``files`` (``total_bytes`` on storage): read by the driver when ``0 < total_bytes <=
+    driver_read_max_bytes``, else by Ray Data tasks (a limit of 0, or a size not known, means Ray Data)."""
+    if files and 0 < total_bytes <= driver_read_max_bytes:
+        log.info("training sequences: %d bytes in %d file(s), read by the driver", total_bytes, len(files))
         return read_training_sequences_in_driver(files, workers)
     return read_training_sequences(files, materialize)

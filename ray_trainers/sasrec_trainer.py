@@ -3,9 +3,9 @@
 The model is any :class:`driftrec.models.protocol.SequenceModel` (``training.model``, SASRec by default): the loop
 builds it with ``model_class(name).from_params``, trains its ``forward`` (the loss) and saves it through the protocol.
 
-Training sequences arrive as a Ray Dataset (the Parquet files of one pinned Delta snapshot) and are sharded to the
-workers with ``get_dataset_shard``; the item space and an optional warm-start state go through the object store,
-so the same code runs under a local ``ray.init()`` and on a cluster. Gloo on CPU, NCCL + bf16 autocast on GPU (the
+Training sequences arrive as a Ray Dataset (the rows of one pinned Delta snapshot, :mod:`ray_trainers.data`) and
+are sharded to the workers with ``get_dataset_shard``; the item space and an optional warm-start state go through the
+object store, so the same code runs under a local ``ray.init()`` and on a cluster. Gloo on CPU, NCCL + bf16 autocast on GPU (the
 backend is chosen by Ray Train from ``use_gpu``). Rank 0 saves the unwrapped model with
 :func:`driftrec.models.checkpoint.save_checkpoint` and reports it through ``ray.train.Checkpoint``; a restarted
 worker group resumes from ``ray.train.get_checkpoint()``.
@@ -252,7 +252,7 @@ def fit(
     valid: pd.DataFrame | None = None,
 ) -> FitResult:
     """Train a ``model`` (default ``training.model``) with ``params`` on ``train_ds`` (``SEQUENCE_COLUMNS`` of
-    training_sequences rows, :func:`ray_trainers.data.read_training_sequences`) with a TorchTrainer.
+    training_sequences rows, :func:`ray_trainers.data.training_dataset`) with a TorchTrainer.
 
     ``epochs`` (default ``training.epochs``) is the most that run: with ``valid`` rows (split 'valid') and
     ``training.early_stopping_patience`` > 0 training stops early and the checkpoint holds the best epoch; the

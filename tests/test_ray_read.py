@@ -63,7 +63,7 @@ def _sequences(spark, conf, days: list[str], users: int):
 
 def test_a_small_snapshot_read_by_the_driver_equals_the_ray_data_read(spark, tmp_path):
     """Same rows as the Ray Data read, one in-memory block per worker; the bytes add up to the partition's files;
-    past the size limit, or on a scheme pyarrow cannot open, Ray Data reads (unmaterialized when asked)."""
+    past the size limit, with a limit of 0 or with no size known, Ray Data reads (unmaterialized when asked)."""
     import os
 
     import ray
@@ -72,7 +72,7 @@ def test_a_small_snapshot_read_by_the_driver_equals_the_ray_data_read(spark, tmp
     from driftrec.tables import TRAINING_SEQUENCES
     from ray_trainers.data import (
         SEQUENCE_COLUMNS,
-        driver_can_open,
+        _paths,
         read_training_sequences,
         read_training_sequences_in_driver,
         training_dataset,
@@ -85,13 +85,16 @@ def test_a_small_snapshot_read_by_the_driver_equals_the_ray_data_read(spark, tmp
     files = lakehouse.snapshot_files(conf, TRAINING_SEQUENCES, version, {"ds": "2026-01-02"})
     size = lakehouse.snapshot_bytes(conf, TRAINING_SEQUENCES, version, {"ds": "2026-01-02"})
     assert len(files) >= 2 and size == sum(os.path.getsize(f.removeprefix("file://")) for f in files)
+    # One filesystem for the table's URIs, the paths inside it as pyarrow would resolve each.
+    uris = ["file://" + f if f.startswith("/") else f for f in files]
+    assert _paths(uris)[1] == [f.removeprefix("file://") for f in files]
 
     ensure_ray(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         by_ray = read_training_sequences(files).to_pandas()
-        local = read_training_sequences_in_driver(files, blocks=2)
+        local = read_training_sequences_in_driver(uris, blocks=3)
         by_driver = local.to_pandas()
-        assert local.num_blocks() == 2
+        assert local.num_blocks() == 3
         assert list(by_driver.columns) == SEQUENCE_COLUMNS == list(by_ray.columns)
         key = ["user_id", "chunk"]
         assert len(by_driver) == 40 * 2 - 14 == len(by_ray)  # the 14 valid rows (users 0, 3, .., 39) left out
@@ -100,8 +103,9 @@ def test_a_small_snapshot_read_by_the_driver_equals_the_ray_data_read(spark, tmp
             assert [list(v) if hasattr(v, "__len__") else v for v in a[col]] == \
                    [list(v) if hasattr(v, "__len__") else v for v in b[col]], col
 
-        assert type(training_dataset(files, size, size, 2, materialize=False)) is type(local)
-        assert type(training_dataset(files, size, size - 1, 2, materialize=False)) is not type(local)
-        assert driver_can_open(files[0]) and not driver_can_open("s3a://bucket/lh/training_sequences/x.parquet")
+        driver = type(local)
+        assert type(training_dataset(files, size, size, 2, materialize=False)) is driver
+        for total, limit in [(size, size - 1), (size, 0), (0, size)]:
+            assert type(training_dataset(files, total, limit, 2, materialize=False)) is not driver, (total, limit)
     finally:
         ray.shutdown()
