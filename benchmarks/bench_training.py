@@ -58,8 +58,10 @@ def bench_config(root: Path, args, *extra: str):
     from driftrec.config import load_config
 
     return load_config(overrides=['lakehouse.database="bench"', "spark.shuffle_partitions=4",
-                                  f"training.epochs={args.epochs}", "training.warm_start=false", *args.overrides,
-                                  *extra], values={"lakehouse.root": str(root)})
+                                  f"training.epochs={args.epochs}", "training.warm_start=false",
+                                  # worker groups throughout: 1 vs 2 workers measures DDP, not Ray Train's local mode
+                                  "training.local_mode=false", *args.overrides, *extra],
+                       values={"lakehouse.root": str(root)})
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -203,8 +203,14 @@ class TrainingConfig(_Section):
     num_workers: int = Field(default=1, ge=1)
     use_gpu: bool = False
     cpus_per_worker: float = Field(default=1.0, gt=0)
+    # One CPU worker on a Ray this process started itself (a laptop, CI, the demo): train in this process with Ray
+    # Train's local mode (num_workers=0), the same loop on the same rows. A Train worker group costs ~40-50 s of
+    # actor start-up on a small node whatever the data size. Several workers, a GPU, or a joined cluster (ray job
+    # submit, training.ray_address) always get a worker group. False: always a worker group.
+    local_mode: bool = True
     mixed_precision: bool = True  # bf16 autocast, on GPU only
-    storage_path: str = ""  # Ray Train results; empty: <lakehouse.root>/_ray_results
+    # Ray Train results of worker groups (local mode writes nothing there); empty: <lakehouse.root>/_ray_results
+    storage_path: str = ""
     materialize_data: bool = True  # read sequences into the object store before training (needed on small nodes)
     # Sequences up to this size on storage (compressed Parquet; a few times that in the driver's memory, and once more
     # in Ray's object store) are read by the driver and handed to Ray in memory: a Ray Data read costs 10-25 s of

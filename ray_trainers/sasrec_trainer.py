@@ -10,6 +10,10 @@ backend is chosen by Ray Train from ``use_gpu``). Rank 0 saves the unwrapped mod
 :func:`driftrec.models.checkpoint.save_checkpoint` and reports it through ``ray.train.Checkpoint``; a restarted
 worker group resumes from ``ray.train.get_checkpoint()``.
 
+One CPU worker on a Ray this process started (``training.local_mode``) runs the same loop in this process, Ray
+Train's local mode: a worker group's chain of actor processes costs ~40-50 s on a small node, whatever the data.
+Local mode trains on the CPU, has no retry (``FailureConfig``) and writes nothing under ``storage_path``.
+
 Early stopping (``training.early_stopping_patience``): given validation rows, rank 0 scores them after every epoch
 (per-user NDCG@10, :func:`driftrec.models.evaluation.valid_ranks`) and keeps the latest epoch not significantly worse
 than the top-scoring one (:class:`EarlyStopper`); the stop decision goes to every rank through an all-reduce, and the
@@ -18,9 +22,13 @@ final checkpoint holds the kept epoch.
 
 from __future__ import annotations
 
+import logging
+import os
+import shutil
 import sys
 import tempfile
 import time
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,13 +39,52 @@ from driftrec.models.batches import ItemSpace
 from driftrec.models.protocol import ModelParams
 from ray_trainers.data import SEQUENCE_COLUMNS
 
-__all__ = ["SEQUENCE_COLUMNS", "EarlyStopper", "FitResult", "fit", "train_loop_per_worker"]
+__all__ = ["SEQUENCE_COLUMNS", "EarlyStopper", "FitResult", "fit", "runs_in_driver", "train_loop_per_worker"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class FitResult:
-    checkpoint: object  # ray.train.Checkpoint under storage_path; publish with .to_directory(path)
+    # ray.train.Checkpoint (under storage_path; in local mode a temporary directory that lives as long as this
+    # result, not its dataclasses.replace copies); publish with .to_directory(path)
+    checkpoint: object
     metrics: dict
+    in_driver: bool = False  # trained in this process (Ray Train local mode), not by a worker group
+
+
+def runs_in_driver(tcfg: TrainingConfig) -> bool:
+    """Whether :func:`fit` trains in this process: ``training.local_mode``, one CPU worker, and a Ray this process
+    started (never on a cluster it joined: the loop would run on the head node, outside the placement group), not
+    launched by torchrun (Ray's local mode then joins torchrun's process group)."""
+    from ray_trainers.session import started_local_head
+
+    torchrun = {"RANK", "WORLD_SIZE", "MASTER_ADDR"} <= os.environ.keys()
+    return bool(tcfg.local_mode and tcfg.num_workers == 1 and not tcfg.use_gpu and not torchrun
+                and started_local_head())
+
+
+def _fit_in_driver(trainer, checkpoint_dir: str):
+    """``trainer.fit()`` in local mode, leaving the driver as it found it: torch's thread count and random state
+    (the loop sets both), and no Ray Train context (Ray keeps the last one, holding the dataset and checkpoint);
+    the checkpoint directory is removed if the fit fails."""
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        with torch.random.fork_rng(devices=[]):
+            return trainer.fit()
+    except BaseException:
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
+        raise
+    finally:
+        torch.set_num_threads(threads)
+        try:  # private: Ray 2.60 has no public way to drop the local-mode context
+            from ray.train.v2._internal.execution.train_fn_utils import set_train_fn_utils
+
+            set_train_fn_utils(None)
+        except ImportError:
+            pass
 
 
 def _all_reduce(value: float, world: int, op: str) -> float:
@@ -136,9 +183,11 @@ def train_loop_per_worker(config: dict) -> None:
     elif config.get("init_ref") is not None:  # nightly warm start (already grown to tonight's items)
         model.load_state_dict(ray.get(config["init_ref"]))
 
-    device = ray.train.torch.get_device()
+    # Local mode (in the driver) is for one CPU worker: Ray's device there is any GPU torch can see.
+    device = torch.device("cpu") if config.get("checkpoint_dir") else ray.train.torch.get_device()
     # The frozen text table is a buffer identical on every rank: synced once at init, never per step.
-    ddp = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"forward_sync_buffers": False})
+    ddp = ray.train.torch.prepare_model(model, move_to_device=device,
+                                        parallel_strategy_kwargs={"forward_sync_buffers": False})
     core = ddp.module if hasattr(ddp, "module") else ddp
     amp = device.type == "cuda" and config["mixed_precision"]
     opt = torch.optim.AdamW([p for p in ddp.parameters() if p.requires_grad], lr=config["lr"],
@@ -226,7 +275,11 @@ def train_loop_per_worker(config: dict) -> None:
                     if rank == 0:
                         core.load_state_dict(stopper.best_state)
                 metrics.update(extra)
-            if rank == 0:
+            if rank == 0 and config.get("checkpoint_dir"):  # local mode: report() keeps only the object
+                kept = os.path.join(config["checkpoint_dir"], f"epoch_{epoch:06d}")
+                save_checkpoint(kept, core, space, {"epoch": epoch, **extra, **config["meta"]})
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(kept))
+            elif rank == 0:  # a worker group: report() persists the directory under storage_path
                 with tempfile.TemporaryDirectory() as tmp:
                     save_checkpoint(tmp, core, space, {"epoch": epoch, **extra, **config["meta"]})
                     ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
@@ -258,8 +311,9 @@ def fit(
     ``training.early_stopping_patience`` > 0 training stops early and the checkpoint holds the best epoch; the
     metrics then carry ``valid_ndcg_at_10_best``, and always ``best_epoch`` and ``epochs_run`` (1-based).
 
-    Needs ``ray.init()`` done. On a node whose CPUs all go to training workers, pass a materialized dataset with no
-    pending operators: Ray Data gets no CPU there to run them.
+    One CPU worker on a Ray this process started trains here, in Ray Train's local mode (:func:`runs_in_driver`);
+    anything else gets a worker group. Needs ``ray.init()`` done. On a node whose CPUs all go to training workers,
+    pass a materialized dataset with no pending operators: Ray Data gets no CPU there to run them.
     """
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -291,11 +345,19 @@ def fit(
     resources = {"CPU": tcfg.cpus_per_worker}
     if tcfg.use_gpu:
         resources["GPU"] = 1
+    in_driver = runs_in_driver(tcfg)
+    if in_driver:
+        scaling = ScalingConfig(num_workers=0)
+        log.info("training %s in this process (Ray Train local mode: one CPU worker on a Ray this process started;"
+                 " no retries, nothing under storage_path)", run_name)
+    else:
+        scaling = ScalingConfig(num_workers=tcfg.num_workers, use_gpu=tcfg.use_gpu, resources_per_worker=resources)
+    if in_driver:  # made last: nothing between here and the fit's own cleanup can fail
+        config["checkpoint_dir"] = tempfile.mkdtemp(prefix=f"driftrec-{run_name}-")
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=config,
-        scaling_config=ScalingConfig(num_workers=tcfg.num_workers, use_gpu=tcfg.use_gpu,
-                                     resources_per_worker=resources),
+        scaling_config=scaling,
         run_config=RunConfig(
             name=run_name,
             storage_path=storage_path,
@@ -304,7 +366,12 @@ def fit(
         ),
         datasets={"train": train_ds},
     )
-    result = trainer.fit()
+    result = _fit_in_driver(trainer, config["checkpoint_dir"]) if in_driver else trainer.fit()
     if result.checkpoint is None:
+        if in_driver:
+            shutil.rmtree(config["checkpoint_dir"], ignore_errors=True)
         raise RuntimeError(f"training run {run_name} reported no checkpoint")
-    return FitResult(checkpoint=result.checkpoint, metrics=dict(result.metrics or {}))
+    fitted = FitResult(checkpoint=result.checkpoint, metrics=dict(result.metrics or {}), in_driver=in_driver)
+    if in_driver:
+        weakref.finalize(fitted, shutil.rmtree, config["checkpoint_dir"], True)
+    return fitted

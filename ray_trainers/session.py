@@ -48,6 +48,21 @@ def _start_reaper() -> None:
         log.warning("could not start the Ray reaper: %s", exc)
 
 
+def started_local_head() -> bool:
+    """True when this process started the Ray it is connected to (a local ``ray.init()``), False when it joined a
+    cluster: under ``ray job submit`` or beside a ``ray start`` on the same box, ``ray.init()`` without an address
+    joins that cluster, so "no address" does not tell the two apart."""
+    import ray
+
+    if not ray.is_initialized():
+        return False
+    try:  # no public API says it; the node object of the driver's own process does
+        node = ray._private.worker._global_node
+        return bool(node is not None and node.is_head())
+    except AttributeError:  # a Ray without this private attribute: assume a cluster (the safe answer)
+        return False
+
+
 def ensure_ray(address: str | None = None, *, attempts: int = 3, **init_kwargs) -> None:
     """``ray.init`` unless Ray is already up; a local start (no ``address``) is tried up to ``attempts`` times.
 

@@ -1,0 +1,113 @@
+"""Ray Train's local mode: one CPU worker on a Ray this process started trains in the driver, with the weights a
+worker group gives, and nothing else does (several workers, a GPU, a joined cluster, the switch off)."""
+
+from __future__ import annotations
+
+import gc
+import os
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from driftrec.config import TrainingConfig
+from driftrec.models.batches import extend_space
+from driftrec.models.checkpoint import load_checkpoint
+from driftrec.models.sasrec import SASRecParams
+
+pytestmark = pytest.mark.slow  # a real Ray Train worker group beside the local mode; skip with -m "not slow"
+
+
+def _rows(users: int, items: int, max_len: int, seed: int = 3) -> pd.DataFrame:
+    """training_sequences-like rows: each user walks a category's items with a step of 1 or 2 (learnable)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for u in range(users):
+        start, n = int(rng.integers(0, items)), int(rng.integers(4, max_len + 1))
+        seq = [(start + k * (1 + u % 2)) % items + 1 for k in range(n)]
+        rows.append({"user_id": u, "chunk": 0, "item_ids": seq, "event_ts": [1_000 * k for k in range(n)],
+                     "interest_categories": [], "interest_p": []})
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    import ray
+
+    from ray_trainers.session import ensure_ray
+
+    ensure_ray(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def _space_and_params(items: int, tcfg: TrainingConfig):
+    rng = np.random.default_rng(0)
+    unit = rng.normal(size=(items, 16))
+    unit /= np.linalg.norm(unit, axis=1, keepdims=True)
+    side = pd.DataFrame({"item_id": np.arange(1, items + 1), "category": [f"c{i % 3}" for i in range(items)],
+                         "embedding": list(unit.astype(np.float32))})
+    space = extend_space(np.zeros(0, np.int64), [], side, 16)
+    params = SASRecParams(n_items=space.n_items, n_categories=len(space.categories), text_dim=16,
+                          max_seq_len=tcfg.max_seq_len, d_model=tcfg.d_model, heads=tcfg.heads, layers=tcfg.layers,
+                          dropout=tcfg.dropout, use_text=True)
+    return space, params
+
+
+def test_runs_in_driver_only_for_one_cpu_worker_on_a_ray_this_process_started(local_ray):
+    from ray_trainers.sasrec_trainer import runs_in_driver
+    from ray_trainers.session import started_local_head
+
+    assert started_local_head()
+    assert runs_in_driver(TrainingConfig())  # the default: one CPU worker, local_mode on
+    assert not runs_in_driver(TrainingConfig(local_mode=False))
+    assert not runs_in_driver(TrainingConfig(num_workers=2))
+    assert not runs_in_driver(TrainingConfig(use_gpu=True))
+
+
+def test_local_mode_trains_in_the_driver_with_the_weights_of_a_one_worker_group(local_ray, tmp_path):
+    import ray
+    import ray.train
+    import torch
+
+    from ray_trainers.sasrec_trainer import fit
+
+    base = dict(d_model=16, heads=2, layers=1, max_seq_len=10, epochs=3, batch_size=16, lr=0.01, seed=11)
+    rows = _rows(users=90, items=30, max_len=10)
+    ds = ray.data.from_arrow(pa.Table.from_pandas(rows, preserve_index=False), override_num_blocks=1)
+    fitted, states, driver = {}, {}, {}
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)  # not the loop's 1 (training.cpus_per_worker): its restore must show
+        for label, local in (("group", False), ("local", True)):
+            tcfg = TrainingConfig(local_mode=local, **base)
+            space, params = _space_and_params(30, tcfg)
+            rng = torch.random.get_rng_state()
+            fitted[label] = fit(ds, space, params, tcfg, storage_path=str(tmp_path / "ray"), run_name=f"lm-{label}")
+            driver[label] = (torch.get_num_threads(), torch.equal(torch.random.get_rng_state(), rng))
+            model, _, meta = load_checkpoint(fitted[label].checkpoint.to_directory(str(tmp_path / label)))
+            states[label] = model.state_dict()
+            assert meta["epoch"] == 2 and meta["epochs_run"] == 3, label
+    finally:
+        torch.set_num_threads(threads)
+    assert (fitted["group"].in_driver, fitted["local"].in_driver) == (False, True)
+    # The driver gets back its thread count and random state (the loop sets both), and keeps no Ray Train context.
+    assert driver == {"group": (2, True), "local": (2, True)}
+    with pytest.raises(RuntimeError):
+        ray.train.get_context()
+    # A worker group persists its checkpoint under storage_path; local mode writes nothing there.
+    assert (tmp_path / "ray" / "lm-group").is_dir() and not (tmp_path / "ray" / "lm-local").exists()
+    # Same rows, same seed, same order: the same weights, bit for bit.
+    assert states["group"].keys() == states["local"].keys()
+    for k in states["group"]:
+        assert torch.equal(states["group"][k], states["local"][k]), k
+    for key in ("loss", "samples", "epochs_run", "best_epoch", "world_size"):
+        assert fitted["group"].metrics[key] == fitted["local"].metrics[key], key
+    assert fitted["local"].metrics["samples"] > 0
+    # The local run's checkpoint directory lives as long as its result, and no longer.
+    kept = fitted["local"].checkpoint.path
+    assert os.path.isdir(kept)
+    del fitted["local"]
+    gc.collect()
+    assert not os.path.exists(kept)
