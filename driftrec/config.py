@@ -355,8 +355,9 @@ class EvaluationConfig(_Section):
     # Seeds of the seeded systems (the two trainings and ALS), each trained again per seed; the deterministic ones
     # (popularity, markov_item, ...) are computed once and reported under every seed. Empty: training.seed only.
     seeds: list[int] = Field(default_factory=list)
-    # Leave-one-out: choose migration's and pipeline's settings on the validation split (`tuning` section) per seed,
-    # in a scratch lakehouse without either held-out event; false: the configured values.
+    # Choose migration's and pipeline's settings on each protocol's validation split (`tuning` section) per seed, in
+    # a scratch lakehouse without the test events (leave-one-out: without either held-out event; temporal: the
+    # events before the cutoff, each user's latest held out, as `driftrec tune` that night); false: configured values.
     tune: bool = True
     work_dir: str = ""  # scratch lakehouses, one per protocol; empty: <lakehouse.root>/_evaluation
     report: str = ""  # HTML report path; empty: <work_dir>/report.html

@@ -130,7 +130,8 @@ def choose(sums: pd.DataFrame, conf: Config, blends: list[BlendCombo]) -> tuple[
     search = [{"stage": BLEND, "mode": c.mode, "blend_weight": c.weight,
                "ndcg": float(total.loc[i, "gain"] / max(n_all, 1)),
                **{f"ndcg_{s}": float(by[(by["segment"] == s) & (by["combo"] == i)]["gain"].sum()
-                                     / max(seg_users.get(s, 0), 1)) for s in (MIGRATING, STABLE)}}
+                                     / max(seg_users.get(s, 0), 1)) for s in (MIGRATING, STABLE)},
+               **{f"users_{s}": int(seg_users.get(s, 0)) for s in (MIGRATING, STABLE)}}
               for i, c in enumerate(blends)]
     return best[0], float(best[1] / max(n_all, 1)), search
 

@@ -15,10 +15,12 @@ are not in the scratch lakehouse at all. Systems:
 * ``sasrec_text``: the text-initialised model alone;
 * ``pipeline``: the text-initialised model blended with the migration engine.
 
-Under leave-one-out (``evaluation.tune``) ``migration`` and ``pipeline`` use the settings ``driftrec tune`` would choose
-(:mod:`driftrec.tuning`): a second scratch lakehouse holds the validation split (neither held-out event of a user),
-a text model is trained there per seed, and the blend and the engine's scoring knobs that rank each user's
-validation event best are kept; the test events are never looked at. Other protocols use the configured values.
+With ``evaluation.tune``, ``migration`` and ``pipeline`` use the settings ``driftrec tune`` would choose
+(:mod:`driftrec.tuning`): a second scratch lakehouse per protocol holds its validation split, a text model is trained
+there per seed, and the blend and the engine's scoring knobs that rank each user's validation event best are kept;
+the test events are never looked at. Leave-one-out's split holds neither held-out event of a user (the validation
+event is the second-to-last); the temporal one is what ``driftrec tune`` would have run on the night of the cutoff
+(the training events, each user's latest held out), as a nightly job serves what its last tuning chose.
 
 The peers, what users run today (:data:`driftrec.evaluation.report.PEERS`), are ``popular_*``, ``als``,
 ``markov_item`` and ``sasrec_random``; the report and the printed table show the best of them per protocol, segment,
@@ -90,7 +92,7 @@ class ProtocolResult:
     timings: dict[str, float] = field(default_factory=dict)
     conf: Config | None = None
     truth: DataFrame | None = None
-    tuned: dict[int, tuning.TunedSettings] = field(default_factory=dict)  # per seed; leave-one-out only
+    tuned: dict[int, tuning.TunedSettings] = field(default_factory=dict)  # per seed; empty: configured values
 
 
 EXPORT_COLUMNS = ["protocol", "system", "segment", "seed", "metric", "k", "value"]
@@ -173,15 +175,19 @@ class EvaluationJob:
                                      embedded_from)
 
     # ---- tuning ------------------------------------------------------------------------------------------------
-    def tuning_split(self, events: DataFrame, sconf: Config) -> tuple[Config, dt.date, DataFrame]:
-        """Leave-one-out's validation split in its own scratch lakehouse: ``(config, cutoff, truth)``. Neither held-out
-        event of a user is in it; the validation event is the truth."""
-        split = protocols.leave_one_out_for_validation(events)
-        train = split.train.cache()
-        cutoff = train.agg(F.max("event_date")).first()[0]
-        vconf = scratch.build_scratch(self.spark, self.conf, self.work / "tune_leave_one_out", "tune_leave_one_out",
-                                      train, cutoff, sconf)
-        train.unpersist()
+    def tuning_split(self, protocol: str, events: DataFrame, train: DataFrame,
+                     sconf: Config) -> tuple[Config, dt.date, DataFrame] | None:
+        """The protocol's validation split in its own scratch lakehouse: ``(config, cutoff, truth)``, or None when no
+        user has the three events it needs (:func:`driftrec.evaluation.protocols.tuning_split`)."""
+        split = protocols.tuning_split(protocol, events, train)
+        if split.truth.limit(1).count() == 0:
+            log.warning("%s: no user has the three events a validation split needs; configured values used", protocol)
+            return None
+        vtrain = split.train.cache()
+        cutoff = vtrain.agg(F.max("event_date")).first()[0]
+        name = f"tune_{protocol}"
+        vconf = scratch.build_scratch(self.spark, self.conf, self.work / name, name, vtrain, cutoff, sconf)
+        vtrain.unpersist()
         return vconf, cutoff, split.truth.cache()
 
     def tuned(self, vconf: Config, cutoff: dt.date, truth: DataFrame, seed: int, timings: dict[str, float],
@@ -284,8 +290,12 @@ class EvaluationJob:
             users = truth.select("user_id").distinct().cache()
             result = ProtocolResult(protocol, cutoff, users.count(), truth=truth,
                                     timings=Timings(protocol, t_start))
-            if result.truth_users == 0:
-                raise ValueError(f"{protocol}: no user has events to predict after {cutoff}; move the cutoff")
+            if result.truth_users == 0:  # e.g. a cutoff after every user's last day: the other protocols still run
+                log.warning("%s: no user has an event to predict after %s; skipped (set evaluation.cutoff or "
+                            "evaluation.cutoff_quantile)", protocol, cutoff)
+                for frame in (train, truth, users):
+                    frame.unpersist()
+                continue
             log.info("%s: built through %s, %d truth users", protocol, cutoff, result.truth_users)
             t0 = time.perf_counter()
             sconf = self.scratch(protocol, train, cutoff, previous)
@@ -295,17 +305,17 @@ class EvaluationJob:
             fixed = self.baseline_recs(train, cutoff, users, k, result.timings)
             result.recs.update(fixed)
             fixed_rows = self.scored(protocol, seeds[0], fixed, truth, segments, ks, n_items)
-            tune = with_models and ev.tune and protocol == "leave_one_out"
-            if tune:
+            validation = None
+            if with_models and ev.tune:
                 t0 = time.perf_counter()
-                vconf, vcutoff, vtruth = self.tuning_split(events, sconf)
+                validation = self.tuning_split(protocol, events, train, sconf)
                 result.timings["tune_scratch"] = round(time.perf_counter() - t0, 1)
             for i, seed in enumerate(seeds):
                 tag = f"@{seed}" if len(seeds) > 1 else ""
                 seeded = {"als": self.als_recs(train, users, k, result.timings, seed, tag)}
                 if with_models:
-                    if tune:
-                        result.tuned[seed] = self.tuned(vconf, vcutoff, vtruth, seed, result.timings, tag)
+                    if validation is not None:
+                        result.tuned[seed] = self.tuned(*validation, seed, result.timings, tag)
                         log.info("%s seed %d: tuned %s", protocol, seed, result.tuned[seed].flat())
                     seeded.update(self.model_recs(sconf, protocol, cutoff, users, k, result.timings, seed, tag,
                                                   result.tuned.get(seed)))
@@ -317,11 +327,13 @@ class EvaluationJob:
                     for lists in seeded.values():
                         lists.unpersist()
             segments.unpersist()
-            if tune:
-                vtruth.unpersist()
+            if validation is not None:
+                validation[2].unpersist()
             results.append(result)
             train.unpersist()
             users.unpersist()
+        if not results:
+            raise ValueError(f"no user to judge under {', '.join(ev.protocols)}: every protocol was skipped (above)")
         columns = ["protocol", "system", "segment", "seed", "k", "metric", "value", "users"]
         table = pd.concat(rows, ignore_index=True)[columns]
         table = table.sort_values(columns[:6]).reset_index(drop=True)
@@ -360,14 +372,20 @@ class EvaluationJob:
 def tuned_json(results: list[ProtocolResult]) -> dict:
     """``{protocol: {seed: {settings, validation_ndcg, default_ndcg, users}}}`` of the protocols that tuned."""
     return {r.protocol: {str(seed): {"settings": t.settings, "validation_ndcg": t.validation_ndcg,
-                                     "default_ndcg": t.default_ndcg, "users": t.users}
+                                     "default_ndcg": t.default_ndcg, "users": t.users,
+                                     "migrating_users": migrating_users(t)}
                          for seed, t in r.tuned.items()} for r in results if r.tuned}
+
+
+def migrating_users(tuned: tuning.TunedSettings) -> int | None:
+    """How many of the validation users the drift flag calls migrating (their own blend weight needs enough)."""
+    return next((row["users_migrating"] for row in tuned.search if "users_migrating" in row), None)
 
 
 def tuned_table(results: list[ProtocolResult]) -> pd.DataFrame:
     """One row per (protocol, seed): the chosen values and their validation NDCG against the configured values'."""
     rows = [{"protocol": r.protocol, "seed": seed, **t.flat(), "validation_ndcg": round(t.validation_ndcg, 4),
-             "configured_ndcg": round(t.default_ndcg, 4), "users": t.users}
+             "configured_ndcg": round(t.default_ndcg, 4), "users": t.users, "migrating_users": migrating_users(t)}
             for r in results for seed, t in r.tuned.items()]
     return pd.DataFrame(rows)
 
@@ -398,7 +416,7 @@ def run_from_args(spark: SparkSession, conf: Config, args) -> int:
     print(report.versus_peers().round(4).to_string())
     chosen = tuned_table(report.results)
     if len(chosen):
-        print("settings chosen on the validation split (leave-one-out's second-to-last events):")
+        print("settings chosen on each protocol's validation split (never on its test events):")
         print(chosen.to_string(index=False))
     if len(set(report.rows["seed"])) > 1:
         print(report.spread().round(4).to_string())

@@ -22,6 +22,7 @@ final checkpoint holds the kept epoch.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -64,6 +65,32 @@ def runs_in_driver(tcfg: TrainingConfig) -> bool:
                 and started_local_head())
 
 
+# Ray's INFO lines that local mode prints in the driver (a worker group logs them in its own processes, off the
+# console): "Running in local mode", "Moving model to device", one "Dataset ... execution finished" per epoch and
+# "Reported metrics". Training prints its own line per epoch; these only repeat it.
+_LOCAL_MODE_CHATTER = (
+    "ray.train.v2.api.config",
+    "ray.train.torch.train_loop_utils",
+    "ray.train.v2.torch.train_loop_utils",
+    "ray.train.v2._internal.execution.train_fn_utils",
+    "ray.data._internal.execution.streaming_executor",
+)
+
+
+@contextlib.contextmanager
+def _without_info(names: tuple[str, ...] = _LOCAL_MODE_CHATTER):
+    """These loggers at WARNING for the block, then back to their own levels."""
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(max(lg.getEffectiveLevel(), logging.WARNING))
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
 def _fit_in_driver(trainer, checkpoint_dir: str):
     """``trainer.fit()`` in local mode, leaving the driver as it found it: torch's thread count and random state
     (the loop sets both), and no Ray Train context (Ray keeps the last one, holding the dataset and checkpoint);
@@ -72,7 +99,7 @@ def _fit_in_driver(trainer, checkpoint_dir: str):
 
     threads = torch.get_num_threads()
     try:
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]), _without_info():
             return trainer.fit()
     except BaseException:
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
@@ -347,7 +374,8 @@ def fit(
         resources["GPU"] = 1
     in_driver = runs_in_driver(tcfg)
     if in_driver:
-        scaling = ScalingConfig(num_workers=0)
+        with _without_info():  # its constructor logs "Running in local mode"
+            scaling = ScalingConfig(num_workers=0)
         log.info("training %s in this process (Ray Train local mode: one CPU worker on a Ray this process started;"
                  " no retries, nothing under storage_path)", run_name)
     else:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -91,7 +92,18 @@ def test_every_system_ranks_unseen_items_for_every_truth_user(spark, evaluated):
             assert not set(g["item_id"]) & seen, (system, user)
             assert g["score"].is_monotonic_decreasing, (system, user)
         lists[system] = tuple(df["item_id"])
-    assert len(set(lists.values())) == len(lists)  # eight different rankings, not one list under eight names
+    others = {system: items for system, items in lists.items() if system != "pipeline"}
+    assert len(set(others.values())) == len(others)  # seven different rankings, not one list under seven names
+    # The pipeline blends two of them with the weights tuned on the validation split: a list of its own unless that
+    # split chose one part outright (weight 0 or 1), as it may on small generated data.
+    (tuned,) = result.tuned.values()
+    top = tuned.settings["topk"]
+    weights = {top["blend_weight"], top["blend_weight"] if top["blend_weight_migrating"] is None
+               else top["blend_weight_migrating"]}
+    if all(0 < w < 1 for w in weights):
+        assert lists["pipeline"] not in (lists["migration"], lists["sasrec_text"]), top
+    else:
+        print("tuned blend weights", top)
 
 
 def test_metrics_are_written_once_per_run_id(spark, evaluated, tmp_path):
@@ -167,6 +179,17 @@ def test_nothing_after_the_temporal_cutoff_reaches_the_systems(spark, evaluated,
         model_conf = scratch.model_copy(update={"training": scratch.training.model_copy(
             update={"model_name": f"eval_{init}"})})
         assert registry.current(spark, model_conf, f"eval_{init}")["trained_through"] == cutoff
+    # The settings were chosen as `driftrec tune` would have on that night: each user's latest event before the
+    # cutoff held out, nothing after it seen.
+    (tuned,) = temporal.tuned.values()
+    assert tuned.data_through <= cutoff and tuned.users > 20
+    from jobs.scratch import scratch_conf
+
+    tune_conf = scratch_conf(conf, Path(scratch.lakehouse.root).parent / "tune_temporal", "tune_temporal")
+    tune_events = lakehouse.read_table(spark, tune_conf, EVENTS)
+    assert tune_events.agg(F.max("event_date")).first()[0] <= cutoff
+    before = lakehouse.read_table(spark, scratch, EVENTS).groupBy("user_id").count().toPandas()
+    assert tune_events.count() == before["count"].sum() - (before["count"] >= 3).sum()  # one held out per user
 
     # The same source plus a burst of events after the cutoff: identical state and baseline lists.
     # (the cutoff pinned: a burst of later events would move the default quantile cutoff, by design)
@@ -184,3 +207,18 @@ def test_nothing_after_the_temporal_cutoff_reaches_the_systems(spark, evaluated,
         users = {r[0] for r in want}
         got = sorted(r for r in map(tuple, second.recs[system].collect()) if r[0] in users)
         assert want and got == want, system
+
+
+def test_a_protocol_with_no_user_to_judge_is_skipped_and_only_all_of_them_is_an_error(spark, evaluated, tmp_path):
+    conf, _ = evaluated
+    last = lakehouse.read_table(spark, conf, EVENTS).agg(F.max("event_date")).first()[0]
+    late = conf.model_copy(update={"evaluation": conf.evaluation.model_copy(
+        update={"protocols": ["temporal", "leave_one_out"], "cutoff": str(last), "work_dir": str(tmp_path / "w")})})
+    report = EvaluationJob(spark, late, "synthetic", run_id="late").run(with_models=False, report=False)
+    assert [r.protocol for r in report.results] == ["leave_one_out"]
+    assert set(report.rows["protocol"]) == {"leave_one_out"} and len(report.rows) > 0
+    only = late.model_copy(update={"evaluation": late.evaluation.model_copy(update={"protocols": ["temporal"]})})
+    with pytest.raises(ValueError, match="every protocol was skipped"):
+        EvaluationJob(spark, only, "synthetic", run_id="late-2").run(with_models=False, report=False)
+    stored = lakehouse.read_table(spark, conf, EVALUATION_RUNS)
+    assert stored.where(F.col("run_id") == "late-2").count() == 0  # nothing written for the failed run

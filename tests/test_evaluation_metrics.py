@@ -79,6 +79,20 @@ def test_splits_hold_out_the_right_events(spark):
     with pytest.raises(ValueError, match="next_items"):
         temporal(ev, d, next_items=0)
 
+    # Settings are chosen without the test events: leave-one-out's validation split as above; the temporal one is
+    # `driftrec tune` on the night of the cutoff (days 0..3 here): user 1's latest event before it is the truth.
+    from driftrec.evaluation.protocols import tuning_split
+
+    cut = temporal(ev, d + dt.timedelta(days=3))
+    vt = tuning_split("temporal", ev, cut.train)
+    assert sorted(map(tuple, vt.truth.collect())) == [(1, 103)]
+    assert sorted(r["event_id"] for r in vt.train.collect()) == ["e10", "e11", "e12", "e20", "e21"]
+    vl = tuning_split("leave_one_out", ev, loo.train)
+    assert sorted(map(tuple, vl.truth.collect())) == [(1, 104)]
+    assert sorted(r["event_id"] for r in vl.train.collect()) == ["e10", "e11", "e12", "e13", "e20", "e21"]
+    with pytest.raises(ValueError, match="protocol"):
+        tuning_split("random", ev, ev)
+
 
 def test_quantile_cutoff_is_the_last_day_within_that_share_of_events(spark):
     import datetime as dt

@@ -4,6 +4,7 @@ worker group gives, and nothing else does (several workers, a GPU, a joined clus
 from __future__ import annotations
 
 import gc
+import logging
 import os
 
 import numpy as np
@@ -71,8 +72,18 @@ def test_local_mode_trains_in_the_driver_with_the_weights_of_a_one_worker_group(
     import ray.train
     import torch
 
-    from ray_trainers.sasrec_trainer import fit
+    from ray_trainers.sasrec_trainer import _LOCAL_MODE_CHATTER, fit
 
+    class Heard(logging.Handler):
+        def __init__(self):
+            super().__init__(logging.DEBUG)
+            self.messages = []
+
+        def emit(self, record):
+            self.messages.append(record.getMessage())
+
+    chatter = [logging.getLogger(n) for n in _LOCAL_MODE_CHATTER]
+    levels, heard = [lg.level for lg in chatter], Heard()
     base = dict(d_model=16, heads=2, layers=1, max_seq_len=10, epochs=3, batch_size=16, lr=0.01, seed=11)
     rows = _rows(users=90, items=30, max_len=10)
     ds = ray.data.from_arrow(pa.Table.from_pandas(rows, preserve_index=False), override_num_blocks=1)
@@ -80,6 +91,8 @@ def test_local_mode_trains_in_the_driver_with_the_weights_of_a_one_worker_group(
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(2)  # not the loop's 1 (training.cpus_per_worker): its restore must show
+        for lg in chatter:
+            lg.addHandler(heard)
         for label, local in (("group", False), ("local", True)):
             tcfg = TrainingConfig(local_mode=local, **base)
             space, params = _space_and_params(30, tcfg)
@@ -91,6 +104,12 @@ def test_local_mode_trains_in_the_driver_with_the_weights_of_a_one_worker_group(
             assert meta["epoch"] == 2 and meta["epochs_run"] == 3, label
     finally:
         torch.set_num_threads(threads)
+        for lg in chatter:
+            lg.removeHandler(heard)
+    # Ray's per-run INFO lines stay out of the driver's console in local mode (a group logs them in its workers),
+    # and the loggers get their own levels back.
+    assert not [m for m in heard.messages if "Reported metrics" in m or "local mode" in m or "finished" in m]
+    assert [lg.level for lg in chatter] == levels
     assert (fitted["group"].in_driver, fitted["local"].in_driver) == (False, True)
     # The driver gets back its thread count and random state (the loop sets both), and keeps no Ray Train context.
     assert driver == {"group": (2, True), "local": (2, True)}

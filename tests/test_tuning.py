@@ -132,6 +132,7 @@ def test_choose_gives_migrating_users_their_own_weight_when_it_wins(tmp_path):
         assert s["ndcg"] == pytest.approx((GATED["migrating"][i] + GATED["stable"][i]) / 8, abs=1e-12)
         assert s["ndcg_migrating"] == pytest.approx(GATED["migrating"][i] / 3, abs=1e-12)
         assert s["ndcg_stable"] == pytest.approx(GATED["stable"][i] / 5, abs=1e-12)
+        assert (s["users_migrating"], s["users_stable"]) == (3, 5)
 
 
 def test_choose_serves_the_overall_weight_to_a_segment_too_small_or_when_the_gate_is_off(tmp_path):

@@ -53,6 +53,19 @@ def leave_one_out_for_validation(events: DataFrame) -> Split:
     return Split(train=train, truth=loo.valid)
 
 
+def tuning_split(protocol: str, events: DataFrame, train: DataFrame) -> Split:
+    """The validation split a protocol's settings are chosen on; no test event is in it. Leave-one-out: each user's
+    second-to-last event is the truth and neither held-out event is seen. Temporal (``train``: the events up to the
+    cutoff): what ``driftrec tune`` would have run on that night, each user's latest event before the cutoff held
+    out as the truth, as a nightly job serves what its last tuning chose."""
+    if protocol == "leave_one_out":
+        return leave_one_out_for_validation(events)
+    if protocol == "temporal":
+        loo = leave_one_out(train)
+        return Split(train=loo.train, truth=loo.truth)
+    raise ValueError(f"no validation split for protocol {protocol!r}")
+
+
 def temporal(events: DataFrame, cutoff: dt.date, horizon_days: int | None = None,
              next_items: int | None = 1) -> Split:
     """Train on ``event_date <= cutoff``; truth: each user's first ``next_items`` items new to them after it (None:
