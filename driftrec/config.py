@@ -357,7 +357,7 @@ class EvaluationConfig(_Section):
     seeds: list[int] = Field(default_factory=list)
     # Choose migration's and pipeline's settings on each protocol's validation split (`tuning` section) per seed, in
     # a scratch lakehouse without the test events (leave-one-out: without either held-out event; temporal: the
-    # events before the cutoff, each user's latest held out, as `driftrec tune` that night); false: configured values.
+    # events up to the cutoff, each user's latest held out, as `driftrec tune` that night); false: configured values.
     tune: bool = True
     work_dir: str = ""  # scratch lakehouses, one per protocol; empty: <lakehouse.root>/_evaluation
     report: str = ""  # HTML report path; empty: <work_dir>/report.html

@@ -333,6 +333,7 @@ class EvaluationJob:
             train.unpersist()
             users.unpersist()
         if not results:
+            events.unpersist()
             raise ValueError(f"no user to judge under {', '.join(ev.protocols)}: every protocol was skipped (above)")
         columns = ["protocol", "system", "segment", "seed", "k", "metric", "value", "users"]
         table = pd.concat(rows, ignore_index=True)[columns]
@@ -370,7 +371,8 @@ class EvaluationJob:
 
 
 def tuned_json(results: list[ProtocolResult]) -> dict:
-    """``{protocol: {seed: {settings, validation_ndcg, default_ndcg, users}}}`` of the protocols that tuned."""
+    """``{protocol: {seed: {settings, validation_ndcg, default_ndcg, users, migrating_users}}}`` of the protocols
+    that tuned."""
     return {r.protocol: {str(seed): {"settings": t.settings, "validation_ndcg": t.validation_ndcg,
                                      "default_ndcg": t.default_ndcg, "users": t.users,
                                      "migrating_users": migrating_users(t)}

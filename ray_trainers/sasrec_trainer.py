@@ -79,7 +79,8 @@ _LOCAL_MODE_CHATTER = (
 
 @contextlib.contextmanager
 def _without_info(names: tuple[str, ...] = _LOCAL_MODE_CHATTER):
-    """These loggers at WARNING for the block, then back to their own levels."""
+    """These loggers at WARNING for the block, then back to their own levels (their INFO lines then reach no handler,
+    Ray's own log files included; training's per-epoch line says the same)."""
     loggers = [logging.getLogger(n) for n in names]
     levels = [lg.level for lg in loggers]
     for lg in loggers:

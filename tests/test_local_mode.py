@@ -84,6 +84,8 @@ def test_local_mode_trains_in_the_driver_with_the_weights_of_a_one_worker_group(
 
     chatter = [logging.getLogger(n) for n in _LOCAL_MODE_CHATTER]
     levels, heard = [lg.level for lg in chatter], Heard()
+    # Heard where Ray's records end up ("ray.data" does not propagate to "ray"), so a renamed logger still shows.
+    listening = [logging.getLogger("ray"), logging.getLogger("ray.data")]
     base = dict(d_model=16, heads=2, layers=1, max_seq_len=10, epochs=3, batch_size=16, lr=0.01, seed=11)
     rows = _rows(users=90, items=30, max_len=10)
     ds = ray.data.from_arrow(pa.Table.from_pandas(rows, preserve_index=False), override_num_blocks=1)
@@ -91,7 +93,7 @@ def test_local_mode_trains_in_the_driver_with_the_weights_of_a_one_worker_group(
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(2)  # not the loop's 1 (training.cpus_per_worker): its restore must show
-        for lg in chatter:
+        for lg in listening:
             lg.addHandler(heard)
         for label, local in (("group", False), ("local", True)):
             tcfg = TrainingConfig(local_mode=local, **base)
@@ -104,7 +106,7 @@ def test_local_mode_trains_in_the_driver_with_the_weights_of_a_one_worker_group(
             assert meta["epoch"] == 2 and meta["epochs_run"] == 3, label
     finally:
         torch.set_num_threads(threads)
-        for lg in chatter:
+        for lg in listening:
             lg.removeHandler(heard)
     # Ray's per-run INFO lines stay out of the driver's console in local mode (a group logs them in its workers),
     # and the loggers get their own levels back.

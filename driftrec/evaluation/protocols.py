@@ -4,7 +4,8 @@
   the validation (the protocol of published sequential-recommendation tables). Users with fewer than three events
   only train. Tuning uses :func:`leave_one_out_for_validation` (neither held-out event seen, the validation event is
   the truth); the test run sees everything but the test event, so the validation event is the user's latest history,
-  as at serving time.
+  as at serving time. :func:`tuning_split` names each protocol's validation split (temporal's: the events up to the
+  cutoff, each user's latest held out, as ``driftrec tune`` would have run that night).
 * :func:`temporal`: events up to a cutoff date train and build every statistic, as a nightly batch job would see
   them; each user's next ``next_items`` new items after the cutoff (within ``horizon_days`` if set) are the truth.
   Truth is limited to users with history before the cutoff (others are cold start, a separate question), and to
