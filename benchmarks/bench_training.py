@@ -6,6 +6,11 @@ training job and prints samples/s (steady state: epochs after the first) and val
 ranking of each user's held-out most recent rating)::
 
     python benchmarks/bench_training.py --data /work/shared/data/ml-latest-small --epochs 8 --out bench.json
+
+Torch threads in local mode (one worker trained in the driver), 1 against 2, alternated::
+
+    python benchmarks/bench_training.py --workers 1 --threads 1,2,1,2 --epochs 4 --no-random \
+        --set training.local_mode=true --set training.early_stopping_patience=0
 """
 
 from __future__ import annotations
@@ -70,6 +75,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lakehouse", type=Path, help="scratch lakehouse (default: a temp dir, removed afterwards)")
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--workers", default="1,2", help="worker counts to time, e.g. 1,2")
+    ap.add_argument("--threads", default="1",
+                    help="torch threads per worker to time, e.g. 1,2 (training.cpus_per_worker; local mode: "
+                         "training.local_mode_threads)")
+    ap.add_argument("--no-random", action="store_true", help="skip the random-initialisation run (the ablation)")
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="extra config overrides")
     ap.add_argument("--out", type=Path, help="write the figures as JSON here")
     args = ap.parse_args(argv)
@@ -91,18 +100,25 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     emb = EmbedItemsJob(spark, conf).run()
     figures.update(items_encoded=emb.candidates, embed_s=round(time.perf_counter() - t0, 1))
-    ray.init(num_cpus=max(int(w) for w in args.workers.split(",")), include_dashboard=False)
+    workers_list = [int(w) for w in args.workers.split(",")]
+    threads_list = [int(t) for t in args.threads.split(",")]
+    ray.init(num_cpus=max(workers_list) * max(threads_list), include_dashboard=False)
 
-    runs = [(int(w), True) for w in args.workers.split(",")] + [(1, False)]
+    # Alternated, so a drift in the machine's load shows in both arms rather than in one.
+    runs = [(w, t, True) for w in workers_list for t in threads_list]
+    if not args.no_random:
+        runs.append((1, threads_list[0], False))
     figures["runs"] = []
-    for workers, text in runs:
-        name = f"bench-w{workers}-{'text' if text else 'random'}"
+    for workers, threads, text in runs:
+        name = f"bench-w{workers}-t{threads}-{'text' if text else 'random'}"
         c = bench_config(root, args, f"training.num_workers={workers}", f"training.use_text={str(text).lower()}",
+                         f"training.cpus_per_worker={threads}", f"training.local_mode_threads={threads}",
                          f'training.model_name="{name}"')
         t0 = time.perf_counter()
         rep = TrainJob(spark, c).run(last)
         m = rep.metrics
-        row = {"model": name, "workers": workers, "text_init": text, "wall_s": round(time.perf_counter() - t0, 1),
+        row = {"model": name, "workers": workers, "threads": threads, "text_init": text,
+               "wall_s": round(time.perf_counter() - t0, 1),
                "samples_per_s": round(m["steady_samples_per_s"], 1), "ndcg_at_10": round(m["ndcg_at_10"], 4),
                "hit_rate_at_10": round(m["hit_rate_at_10"], 4),
                "popularity_ndcg_at_10": round(m["popularity_ndcg_at_10"], 4), "valid_users": m["valid_users"]}

@@ -6,7 +6,7 @@ this order before writing, so a schema drift is caught at the write, not in a do
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
@@ -45,6 +45,11 @@ EVENTS = TableSpec(
     key=("event_id",),
     comment="Interaction events, one row per distinct (user, item, type, timestamp).",
 )
+
+# The events of a scratch lakehouse (``driftrec evaluate``/``tune``: a split written at once, read whole): one table
+# unpartitioned, its files ranged by date. A long history by day is thousands of tiny files (ml-latest-small: 4,110
+# days; its split written in 44-55 s by day against 1-1.5 s, read and aggregated in 7-9 s against 0.6-1.2 s).
+SCRATCH_EVENTS = replace(EVENTS, partition_by=(), comment=EVENTS.comment + " Scratch split, ranged by event_date.")
 
 ITEMS = TableSpec(
     logical="items",

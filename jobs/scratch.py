@@ -15,7 +15,7 @@ from pyspark.sql import DataFrame, SparkSession
 
 from driftrec import lakehouse
 from driftrec.config import Config
-from driftrec.tables import EVENTS, ITEM_TEXT_EMBEDDINGS, ITEM_TOPICS, ITEMS
+from driftrec.tables import ITEM_TEXT_EMBEDDINGS, ITEM_TOPICS, ITEMS, SCRATCH_EVENTS
 from jobs.embed_items import EmbedItemsJob
 from jobs.migrate import MigrationJob
 
@@ -35,15 +35,19 @@ def scratch_conf(conf: Config, root: Path, name: str) -> Config:
 
 def build_scratch(spark: SparkSession, conf: Config, root: Path, name: str, train: DataFrame, cutoff: dt.date,
                   embedded_from: Config | None = None) -> Config:
-    """A fresh lakehouse at ``root`` with ``train``, ``conf``'s catalogue, its embeddings and the migration state as
-    of ``cutoff`` (one pass). Embeddings already computed in ``conf`` or ``embedded_from`` are copied, not recomputed
+    """A fresh lakehouse at ``root`` with ``train`` (as :data:`SCRATCH_EVENTS`: not by day), ``conf``'s catalogue, its
+    embeddings and the migration state as of ``cutoff`` (one pass). Embeddings already computed in ``conf`` or ``embedded_from`` are copied, not recomputed
     (text is not an event statistic)."""
     sconf = scratch_conf(conf, root, name)
     spark.sql(f"DROP DATABASE IF EXISTS {sconf.lakehouse.database} CASCADE")  # registrations only (external)
     shutil.rmtree(root, ignore_errors=True)
     lakehouse.forget_ensured(sconf)  # tables and registrations just deleted: create them again
     lakehouse.ensure_database(spark, sconf)
-    lakehouse.append(spark, sconf, EVENTS, train)
+    # Ensured as "events" for this process, so the stages that follow (reading it by path) never re-create it by day.
+    lakehouse.ensure_table(spark, sconf, SCRATCH_EVENTS)
+    files = max(1, sconf.spark.shuffle_partitions)
+    lakehouse.append(spark, sconf, SCRATCH_EVENTS,
+                     train.repartitionByRange(files, "event_date").sortWithinPartitions("event_date", "user_id"))
     lakehouse.append(spark, sconf, ITEMS, lakehouse.read_table(spark, conf, ITEMS))
     for source in (conf, embedded_from):
         if source is not None and lakehouse.table_exists(spark, source, ITEM_TEXT_EMBEDDINGS):

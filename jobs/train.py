@@ -133,8 +133,8 @@ def validation_metrics(candidate: SequenceModel, cand_space: ItemSpace, valid: p
         "n_items": start.space.n_items,
         "new_items": start.space.n_items - start.prior_items,
         "sequences_version": sequences_version,
-        **{k: fit_metrics[k] for k in ("loss", "samples_per_s", "steady_samples_per_s", "world_size", "best_epoch",
-                                       "epochs_run", "valid_ndcg_at_10_best") if k in fit_metrics},
+        **{k: fit_metrics[k] for k in ("loss", "samples_per_s", "steady_samples_per_s", "world_size", "torch_threads",
+                                       "best_epoch", "epochs_run", "valid_ndcg_at_10_best") if k in fit_metrics},
     }
     if current is not None:
         # The current model, grown to tonight's items when warm, on tonight's held-out events.

@@ -65,6 +65,19 @@ def runs_in_driver(tcfg: TrainingConfig) -> bool:
                 and started_local_head())
 
 
+def torch_threads(tcfg: TrainingConfig, in_driver: bool) -> int:
+    """Torch threads the training loop sets (0: leave torch's own choice, on a GPU). In the driver (local mode) the fit
+    is the only work: ``training.local_mode_threads``, or every CPU of the local Ray when 0. A worker gets the CPUs it
+    reserved (``training.cpus_per_worker``)."""
+    if tcfg.use_gpu:
+        return 0
+    if in_driver:
+        import ray
+
+        return tcfg.local_mode_threads or max(int(ray.cluster_resources().get("CPU", 1)), 1)
+    return max(int(tcfg.cpus_per_worker), 1)
+
+
 # Ray's INFO lines that local mode prints in the driver (a worker group logs them in its own processes, off the
 # console): "Running in local mode", "Moving model to device", one "Dataset ... execution finished" per epoch and
 # "Reported metrics". Training prints its own line per epoch; these only repeat it.
@@ -267,6 +280,7 @@ def train_loop_per_worker(config: dict) -> None:
             # the first epoch pays for process start-up and data loading; later ones show steady state
             "steady_samples_per_s": float(np.mean(rates[1:])) if len(rates) > 1 else rates[-1],
             "world_size": world,
+            "torch_threads": torch.get_num_threads(),
         }
         stop, scored = False, ""
         if stopper is not None:
@@ -348,6 +362,7 @@ def fit(
     from ray.train.torch import TorchTrainer
 
     n_epochs = epochs or tcfg.epochs
+    in_driver = runs_in_driver(tcfg)
     config = {
         "space_ref": ray.put(space),
         "init_ref": ray.put(init_state) if init_state is not None else None,
@@ -363,7 +378,7 @@ def fit(
         "mixed_precision": tcfg.mixed_precision,
         "window_start": int(window_start),
         "checkpoint_every": max(n_epochs, 1),
-        "torch_threads": max(int(tcfg.cpus_per_worker), 1) if not tcfg.use_gpu else 0,
+        "torch_threads": torch_threads(tcfg, in_driver),
         "meta": meta or {},
         # No rows (or patience 0): nothing to score, every epoch runs and the last one is kept.
         "valid_ref": ray.put(valid) if valid is not None and len(valid) and tcfg.early_stopping_patience else None,
@@ -373,7 +388,6 @@ def fit(
     resources = {"CPU": tcfg.cpus_per_worker}
     if tcfg.use_gpu:
         resources["GPU"] = 1
-    in_driver = runs_in_driver(tcfg)
     if in_driver:
         with _without_info():  # its constructor logs "Running in local mode"
             scaling = ScalingConfig(num_workers=0)

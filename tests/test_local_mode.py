@@ -67,6 +67,18 @@ def test_runs_in_driver_only_for_one_cpu_worker_on_a_ray_this_process_started(lo
     assert not runs_in_driver(TrainingConfig(use_gpu=True))
 
 
+def test_torch_threads_of_a_fit(local_ray):
+    from ray_trainers.sasrec_trainer import torch_threads
+
+    # In the driver the fit is the only work: every CPU of the local Ray (2 here), or what local_mode_threads says.
+    assert torch_threads(TrainingConfig(), in_driver=True) == 2
+    assert torch_threads(TrainingConfig(local_mode_threads=3), in_driver=True) == 3
+    # A worker uses the CPUs it reserved; on a GPU torch keeps its own choice (0: not set).
+    assert torch_threads(TrainingConfig(cpus_per_worker=1), in_driver=False) == 1
+    assert torch_threads(TrainingConfig(cpus_per_worker=4, local_mode_threads=3), in_driver=False) == 4
+    assert torch_threads(TrainingConfig(use_gpu=True), in_driver=False) == 0
+
+
 def test_local_mode_trains_in_the_driver_with_the_weights_of_a_one_worker_group(local_ray, tmp_path):
     import ray
     import ray.train
@@ -92,11 +104,12 @@ def test_local_mode_trains_in_the_driver_with_the_weights_of_a_one_worker_group(
     fitted, states, driver = {}, {}, {}
     threads = torch.get_num_threads()
     try:
-        torch.set_num_threads(2)  # not the loop's 1 (training.cpus_per_worker): its restore must show
+        torch.set_num_threads(1)  # not the loop's 2 (this Ray's CPUs, the group's cpus_per_worker): the restore shows
         for lg in listening:
             lg.addHandler(heard)
         for label, local in (("group", False), ("local", True)):
-            tcfg = TrainingConfig(local_mode=local, **base)
+            # local_mode_threads left at 0: the local fit takes the Ray's 2 CPUs, as the group's worker reserves 2.
+            tcfg = TrainingConfig(local_mode=local, cpus_per_worker=2, **base)
             space, params = _space_and_params(30, tcfg)
             rng = torch.random.get_rng_state()
             fitted[label] = fit(ds, space, params, tcfg, storage_path=str(tmp_path / "ray"), run_name=f"lm-{label}")
@@ -114,7 +127,8 @@ def test_local_mode_trains_in_the_driver_with_the_weights_of_a_one_worker_group(
     assert [lg.level for lg in chatter] == levels
     assert (fitted["group"].in_driver, fitted["local"].in_driver) == (False, True)
     # The driver gets back its thread count and random state (the loop sets both), and keeps no Ray Train context.
-    assert driver == {"group": (2, True), "local": (2, True)}
+    assert driver == {"group": (1, True), "local": (1, True)}
+    assert fitted["group"].metrics["torch_threads"] == fitted["local"].metrics["torch_threads"] == 2
     with pytest.raises(RuntimeError):
         ray.train.get_context()
     # A worker group persists its checkpoint under storage_path; local mode writes nothing there.

@@ -466,6 +466,12 @@ def test_tune_chooses_settings_the_top_k_job_reproduces_and_serves(spark, tuned_
     split = protocols.leave_one_out(lakehouse.read_table(spark, conf, EVENTS))
     assert tuned.data_through == split.train.agg(F.max("event_date")).first()[0] <= dt.date(2026, 1, 10)
     assert 0 < tuned.default_ndcg <= tuned.validation_ndcg <= 1
+    # The tuning lakehouse holds the split's training events in one table not laid out by day (SCRATCH_EVENTS).
+    sconf = scratch.scratch_conf(conf, Path(conf.lakehouse.root) / "_evaluation" / "tune", "tune")
+    detail = spark.sql(f"DESCRIBE DETAIL delta.`{sconf.table_path(EVENTS.logical)}`").first()
+    assert detail["partitionColumns"] == []
+    stored_ids = lakehouse.read_table(spark, sconf, EVENTS).select("event_id")
+    assert stored_ids.count() == split.train.count() and stored_ids.exceptAll(split.train.select("event_id")).isEmpty()
 
     # The choice lies on the grids, and the search table holds every combination with consistent values.
     settings = tuned.settings
