@@ -25,6 +25,35 @@ DELTA_CONF = {
 }
 
 
+# Driver loggers whose every warning in this product is known and harmless, set to ERROR so the console keeps the
+# jobs' own step lines and any warning that matters. Each says, once per table or session:
+KNOWN_HARMLESS = (
+    # "Couldn't find corresponding Hive SerDe for data source provider delta": a Delta table in a Hive metastore
+    "org.apache.spark.sql.hive.HiveExternalCatalog",
+    # "HiveConf of name hive.internal.ss.authz.settings.applied.marker does not exist"
+    "org.apache.hadoop.hive.conf.HiveConf",
+    # "METASTORE_FILTER_HOOK will be ignored, since hive.security.authorization.manager is set to ..."
+    "org.apache.hadoop.hive.ql.session.SessionState",
+    # "RDD N was locally checkpointed, its lineage has been truncated": localCheckpoint() is used on purpose
+    "org.apache.spark.rdd.MapPartitionsRDD",
+    # "Truncated the string representation of a plan since it was too large"
+    "org.apache.spark.util.SparkStringUtils",
+)
+
+
+def quiet_known_warnings(spark: SparkSession) -> None:
+    """:data:`KNOWN_HARMLESS` loggers to ERROR in the driver's log4j; a logging setup without log4j 2 is left alone."""
+    from py4j.protocol import Py4JError
+
+    try:
+        jvm = spark.sparkContext._jvm
+        error = jvm.org.apache.logging.log4j.Level.ERROR
+        for name in KNOWN_HARMLESS:
+            jvm.org.apache.logging.log4j.core.config.Configurator.setLevel(name, error)
+    except Py4JError:
+        pass
+
+
 def _console_is_terminal() -> bool:
     try:
         return sys.stderr.isatty()
@@ -77,6 +106,7 @@ def build_spark(conf: Config, *, app_name: str = "driftrec", local: bool = False
         builder = configure_spark_with_delta_pip(builder, extra_packages=extra)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
+    quiet_known_warnings(spark)
     return spark
 
 

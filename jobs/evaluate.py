@@ -226,7 +226,7 @@ class EvaluationJob:
                 kconf = tuning.with_settings(kconf, tuned.settings)
             elif tuned is not None and system == "migration":  # the chosen engine, alone
                 kconf = tuning.with_settings(kconf, {"migration": tuned.settings["migration"]})
-            rows, _, _ = TopKJob(spark, kconf).recommendations(cutoff + dt.timedelta(days=1))
+            rows, _, _ = TopKJob(spark, kconf, state_through=cutoff).recommendations(cutoff + dt.timedelta(days=1))
             out[system] = (
                 rows.join(users, "user_id", "left_semi").select("user_id", "rank", "item_id", "score")
                 .localCheckpoint(eager=True)

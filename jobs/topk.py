@@ -127,9 +127,13 @@ def inferred_interest(events: DataFrame, item_cats: DataFrame, categories: list[
 
 
 class TopKJob:
-    def __init__(self, spark: SparkSession, conf: Config):
+    def __init__(self, spark: SparkSession, conf: Config, *, state_through: dt.date | None = None):
+        """``state_through``: the night the migration state is expected to be as of (default: the scoring date, as in
+        the nightly, where an older state gets a warning); evaluation and tuning score the day after their cutoff from
+        the state as of the cutoff, by design."""
         self.spark, self.configured, self.conf = spark, conf, conf
         self.tuned = None
+        self.state_through = state_through
 
     def _serve_tuned(self, ds: dt.date) -> None:
         """Apply the latest `driftrec tune` choice made on data through ``ds`` at most (``topk.use_tuned``): a rerun
@@ -159,9 +163,10 @@ class TopKJob:
                 .agg(F.max("ds"))
                 .first()[0]
             )
-            if last is None or last < ds:
+            expected = self.state_through or ds
+            if last is None or last < expected:
                 log.warning("migration state is as of %s, not %s: run the migration job for %s first for fresh "
-                            "interest and successors", last, ds, ds)
+                            "interest and successors", last, expected, expected)
         return load_markov_state(spark, conf, ds)
 
     def assets(self, served: ServingModel, state: MarkovState):

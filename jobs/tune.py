@@ -72,7 +72,7 @@ class TuneJob:
                                             "blend_weight": 0.5, "blend_weight_migrating": None,
                                             "candidate_threshold": 10**12},
                                       migration={"recent_items": widest})
-        prep = TopKJob(self.spark, kconf).prepare(ds + dt.timedelta(days=1))
+        prep = TopKJob(self.spark, kconf, state_through=ds).prepare(ds + dt.timedelta(days=1))
         users = self._users(sconf, ds, truth, prep).localCheckpoint(eager=True)
         n_users = users.count()
         log.info("tune: %d validation users, %d engine and %d blend combinations", n_users, len(engines), len(blends))

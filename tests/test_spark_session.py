@@ -25,3 +25,15 @@ def test_the_test_session_draws_no_stage_bars(spark):
     if sys.__stderr__.isatty() and sys.stderr is sys.__stderr__:
         pytest.skip("pytest runs with -s on a terminal: the bars are wanted there")
     assert spark.conf.get("spark.ui.showConsoleProgress") == "false"
+
+
+def test_known_harmless_warnings_are_off_the_console_and_others_stay(spark):
+    from driftrec.spark import KNOWN_HARMLESS
+
+    jvm = spark.sparkContext._jvm
+    manager = jvm.org.apache.logging.log4j.LogManager
+    for name in KNOWN_HARMLESS:
+        assert str(manager.getLogger(name).getLevel()) == "ERROR", name
+    # Every other logger keeps the session's WARN: a warning that matters still shows.
+    assert str(manager.getLogger("org.apache.spark.sql.delta.DeltaLog").getLevel()) == "WARN"
+    assert str(manager.getRootLogger().getLevel()) == "WARN"

@@ -539,3 +539,36 @@ def test_tune_chooses_settings_the_top_k_job_reproduces_and_serves(spark, tuned_
     stored = lakehouse.read_table(spark, conf, TUNED_SETTINGS).toPandas()
     assert list(stored["run_id"]) == ["t-1"]
     assert stored["tuned_at"].item() == pd.Timestamp(again.tuned_at) > pd.Timestamp(tuned.tuned_at)
+
+
+def test_the_day_after_a_cutoff_is_scored_from_the_cutoffs_state_without_a_staleness_warning(spark, tuned_lakehouse):
+    """Tuning and evaluation rank the day after their cutoff from the migration state as of it, by design; the nightly
+    (no ``state_through``) still hears that a state one night old is stale."""
+    import logging
+
+    from jobs import scratch
+    from jobs.topk import TopKJob
+    from jobs.tune import TUNE_MODEL
+
+    conf, tuned, _ = tuned_lakehouse
+    sconf = scratch.scratch_conf(conf, Path(conf.lakehouse.root) / "_evaluation" / "tune", "tune")
+    kconf = scratch.with_sections(sconf, training={"model_name": TUNE_MODEL},
+                                  topk={"all_users": True, "model_version": None, "use_tuned": False})
+    day_after = tuned.data_through + dt.timedelta(days=1)
+    heard: list[str] = []
+
+    class Heard(logging.Handler):
+        def emit(self, record):
+            heard.append(record.getMessage())
+
+    topk_log, handler = logging.getLogger("driftrec.topk"), Heard(logging.WARNING)
+    topk_log.addHandler(handler)
+    try:
+        stale = {}
+        for label, through in (("nightly", None), ("after cutoff", tuned.data_through), ("expects the day", day_after)):
+            heard.clear()
+            TopKJob(spark, kconf, state_through=through)._migration_state(day_after)
+            stale[label] = any("migration state is as of" in m for m in heard)
+    finally:
+        topk_log.removeHandler(handler)
+    assert stale == {"nightly": True, "after cutoff": False, "expects the day": True}
