@@ -36,8 +36,8 @@ def scratch_conf(conf: Config, root: Path, name: str) -> Config:
 def build_scratch(spark: SparkSession, conf: Config, root: Path, name: str, train: DataFrame, cutoff: dt.date,
                   embedded_from: Config | None = None) -> Config:
     """A fresh lakehouse at ``root`` with ``train`` (as :data:`SCRATCH_EVENTS`: not by day), ``conf``'s catalogue, its
-    embeddings and the migration state as of ``cutoff`` (one pass). Embeddings already computed in ``conf`` or ``embedded_from`` are copied, not recomputed
-    (text is not an event statistic)."""
+    embeddings and the migration state as of ``cutoff`` (one pass). Embeddings already computed in ``conf`` or
+    ``embedded_from`` are copied, not recomputed (text is not an event statistic)."""
     sconf = scratch_conf(conf, root, name)
     spark.sql(f"DROP DATABASE IF EXISTS {sconf.lakehouse.database} CASCADE")  # registrations only (external)
     shutil.rmtree(root, ignore_errors=True)
