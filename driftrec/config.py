@@ -209,7 +209,7 @@ class TrainingConfig(_Section):
     # submit, training.ray_address) always get a worker group. False: always a worker group.
     local_mode: bool = True
     # Torch threads of a fit in local mode; 0: every CPU of the local Ray (the driver does nothing else during the
-    # fit). On 2 cores, 2 threads trained ml-latest-small 1.65x faster than 1, same loss to 3 places
+    # fit). On 2 cores, 2 threads trained ml-latest-small 1.70x faster than 1, same loss to 3 places
     # (benchmarks/bench_training.py --threads 1,2). A worker group uses cpus_per_worker threads per worker.
     local_mode_threads: int = Field(default=0, ge=0)
     mixed_precision: bool = True  # bf16 autocast, on GPU only
