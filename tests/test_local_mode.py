@@ -108,8 +108,9 @@ def test_local_mode_trains_in_the_driver_with_the_weights_of_a_one_worker_group(
         for lg in listening:
             lg.addHandler(heard)
         for label, local in (("group", False), ("local", True)):
-            # local_mode_threads left at 0: the local fit takes the Ray's 2 CPUs, as the group's worker reserves 2.
-            tcfg = TrainingConfig(local_mode=local, cpus_per_worker=2, **base)
+            # local_mode_threads left at 0: the local fit takes the Ray's 2 CPUs, as the group's worker reserves 2;
+            # its cpus_per_worker of 1 would give 1 thread if the fit in the driver went by it.
+            tcfg = TrainingConfig(local_mode=local, cpus_per_worker=1 if local else 2, **base)
             space, params = _space_and_params(30, tcfg)
             rng = torch.random.get_rng_state()
             fitted[label] = fit(ds, space, params, tcfg, storage_path=str(tmp_path / "ray"), run_name=f"lm-{label}")

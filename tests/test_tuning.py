@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import logging
 import math
 from pathlib import Path
 
@@ -405,6 +406,15 @@ SETTINGS = ("training.d_model=32", "training.layers=1", "training.max_seq_len=12
 K = 10
 
 
+class _Heard(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.messages: list[str] = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
 @pytest.fixture(scope="module")
 def tuned_lakehouse(spark, tmp_path_factory):
     """Generated data, one `driftrec tune` run ``t-1`` (a scratch lakehouse, a Ray Train model, the search)."""
@@ -420,10 +430,15 @@ def tuned_lakehouse(spark, tmp_path_factory):
                                     migrating_fraction=0.3))
     load(spark, conf, data.events, data.items)
     ensure_ray(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    topk_log, heard = logging.getLogger("driftrec.topk"), _Heard()
+    topk_log.addHandler(heard)
     try:
         tuned = TuneJob(spark, conf, "t-1").run()
     finally:
+        topk_log.removeHandler(heard)
         ray.shutdown()
+    # The search scores the day after its cutoff from the state as of the cutoff, by design: no staleness warning.
+    assert not [m for m in heard.messages if "migration state is as of" in m], heard.messages
     return conf, tuned, data.events
 
 

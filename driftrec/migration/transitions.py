@@ -197,16 +197,14 @@ def item_successors(
     (ties by ``to_item``) and renormalised. Catalogue size does not matter: each row has at most
     ``observed + top_n`` candidates.
     """
-    # A distributed top-k (sort + limit) first; only those top_n + 1 rows are then numbered, in one small partition
-    # (a window over the whole popularity table would move every item into one task).
-    by_pop = [F.col("count").desc(), F.col("item_id")]
+    # A distributed top-k (sort + limit): a window over the whole popularity table would move every item into one
+    # task, and a global window even over these top_n + 1 rows logs Spark's single-partition warning per night.
     top = (
-        popularity.where(F.col("count") > 0).orderBy(*by_pop).limit(top_n + 1)
-        .select(F.col("item_id").alias("to_item"), F.col("count").alias("pop"),
-                F.row_number().over(Window.partitionBy(F.lit(0)).orderBy(*by_pop)).alias("r"))
+        popularity.where(F.col("count") > 0).orderBy(F.col("count").desc(), F.col("item_id")).limit(top_n + 1)
+        .select(F.col("item_id").alias("to_item"), F.col("count").alias("pop"))
     )
-    # Per row, the prior covers the top-N popular items other than the row's own item.
-    per_source = Window.partitionBy("from_item").orderBy("r")
+    # Per row, the prior covers the top-N popular items other than the row's own item (ties by id).
+    per_source = Window.partitionBy("from_item").orderBy(F.col("pop").desc(), F.col("to_item"))
     in_row = Window.partitionBy("from_item").rowsBetween(Window.unboundedPreceding, Window.unboundedFollowing)
     prior = (
         pair_counts.select("from_item").distinct()

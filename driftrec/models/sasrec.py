@@ -20,6 +20,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from driftrec.models.batches import pad_left
+from driftrec.models.losses import full_softmax_loss, sampled_softmax_loss
 
 if TYPE_CHECKING:
     from driftrec.config import TrainingConfig
@@ -201,16 +202,8 @@ class SASRec(nn.Module):
         sel = weight > 0
         h, target, weight = h[sel], target[sel], weight[sel]
         if sampled <= 0:
-            logits = h @ items[1:].T  # class k = item index k + 1
-            ce = F.cross_entropy(logits.float(), target - 1, reduction="none")
-        else:
-            neg = torch.randint(1, self.p.n_items + 1, (sampled,), device=h.device)
-            pos_logit = (h * items[target]).sum(-1, keepdim=True)
-            neg_logits = h @ items[neg].T
-            neg_logits = neg_logits.masked_fill(neg.unsqueeze(0) == target.unsqueeze(1), float("-inf"))
-            logits = torch.cat([pos_logit, neg_logits], dim=1).float()
-            ce = F.cross_entropy(logits, torch.zeros_like(target), reduction="none")
-        return (ce * weight).sum() / weight.sum().clamp(min=1e-9)
+            return full_softmax_loss(h, items[1:], target - 1, weight)  # class k = item index k + 1
+        return sampled_softmax_loss(h, items, target, weight, sampled)
 
     @torch.no_grad()
     def score(self, seq: torch.Tensor, interest: torch.Tensor) -> torch.Tensor:
