@@ -62,6 +62,16 @@ def test_batches_shift_targets_pad_left_and_window_weights():
     assert v["target"].tolist() == [3, 5, 1] and v["seq"][1].tolist() == [0, 0, 0, 4]
 
 
+def test_one_lookup_per_batch_gives_each_sequence_its_indices():
+    from driftrec.models.batches import _indices
+
+    index = pd.Index(np.array([50, 30, 90, 110], dtype=np.int64))
+    col = [[30, 50, 70], [], np.array([110]), [90, 90, 1000]]  # 70 and 1000 are not in the space
+    got = _indices(col, index)
+    assert [g.tolist() for g in got] == [[2, 1, 0], [], [4], [3, 3, 0]]
+    assert _indices([], index) == []
+
+
 @given(st.lists(st.lists(st.floats(0.01, 5), min_size=1, max_size=4), min_size=1, max_size=5))
 @settings(max_examples=30, deadline=None)
 def test_interest_rows_are_distributions(ps):

@@ -86,7 +86,13 @@ def interest_matrix(cats_col, p_col, cindex: dict[str, int], n_categories: int) 
 
 
 def _indices(item_ids_col, index: pd.Index) -> list[np.ndarray]:
-    return [index.get_indexer(np.asarray(s, dtype=np.int64)) + 1 for s in item_ids_col]  # unknown -> 0
+    """Each sequence's 1-based item indices (unknown -> 0), from one lookup for the whole batch: a lookup per
+    sequence cost more than the model's step on small catalogues."""
+    seqs = [np.asarray(s, dtype=np.int64) for s in item_ids_col]
+    if not seqs:
+        return []
+    flat = index.get_indexer(np.concatenate(seqs)) + 1
+    return np.split(flat, np.cumsum([len(s) for s in seqs[:-1]]))
 
 
 def train_batch(pdf: pd.DataFrame, index: pd.Index, cindex: dict[str, int], n_categories: int, max_len: int,
