@@ -34,6 +34,32 @@ def test_blocked_loss_and_gradients_equal_the_reference(n, c, d):
     assert float(ref_c.abs().sum()) > 0
 
 
+def _is_blocked(loss: torch.Tensor) -> bool:
+    return type(loss.grad_fn).__name__.startswith("_BlockedLinearCrossEntropy")
+
+
+def test_the_reference_where_blocking_does_not_apply():
+    """Without gradients, and for half-precision inputs, the reference runs; float64 is blocked and matches it."""
+    g = torch.Generator().manual_seed(5)
+    h, classes = torch.randn(40, 8, generator=g), torch.randn(30, 8, generator=g)
+    target, weight = torch.randint(0, 30, (40,), generator=g), torch.ones(40)
+    want = float(losses.reference_full_softmax_loss(h, classes, target, weight))
+    with torch.no_grad():
+        assert float(losses.full_softmax_loss(h, classes, target, weight)) == pytest.approx(want, rel=1e-6)
+    half = losses.full_softmax_loss(h.bfloat16().requires_grad_(), classes.bfloat16(), target, weight)
+    assert not _is_blocked(half) and half.dtype == torch.float32
+    double = losses.full_softmax_loss(h.double().requires_grad_(), classes.double(), target, weight.double())
+    assert _is_blocked(double) and float(double.detach()) == pytest.approx(want, rel=1e-6)
+    hh = h.clone().requires_grad_()
+    single = losses.full_softmax_loss(hh, classes, target, weight)
+    assert _is_blocked(single)
+    (grad_h,) = torch.autograd.grad(single, hh, create_graph=True)
+    with pytest.raises(RuntimeError):  # its gradients are constants: a second derivative must fail, not be zero
+        grad_h.sum().backward()
+    with pytest.raises(ValueError, match="class indices"):
+        losses.full_softmax_loss(h.clone().requires_grad_(), classes, torch.full_like(target, -1), weight)
+
+
 def test_block_rows_stay_in_bounds():
     assert losses.block_rows(9743) == (1 << 20) // 9743
     assert losses.block_rows(10_000_000) == losses.MIN_BLOCK_ROWS
@@ -54,8 +80,7 @@ def test_a_sasrec_step_gets_the_reference_gradients(monkeypatch):
         monkeypatch.setattr("driftrec.models.sasrec.full_softmax_loss", fn)
         model.zero_grad()
         loss = model(seq, target, weight, interest)
-        blocked = type(loss.grad_fn).__name__.startswith("_BlockedLinearCrossEntropy")
-        assert blocked == (fn is losses.full_softmax_loss)
+        assert _is_blocked(loss) == (fn is losses.full_softmax_loss)
         loss.backward()
         grads.append({k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None})
     assert grads[0].keys() == grads[1].keys() and "id_emb.weight" in grads[0]
