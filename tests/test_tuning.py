@@ -570,20 +570,14 @@ def test_the_day_after_a_cutoff_is_scored_from_the_cutoffs_state_without_a_stale
     kconf = scratch.with_sections(sconf, training={"model_name": TUNE_MODEL},
                                   topk={"all_users": True, "model_version": None, "use_tuned": False})
     day_after = tuned.data_through + dt.timedelta(days=1)
-    heard: list[str] = []
-
-    class Heard(logging.Handler):
-        def emit(self, record):
-            heard.append(record.getMessage())
-
-    topk_log, handler = logging.getLogger("driftrec.topk"), Heard(logging.WARNING)
+    topk_log, handler = logging.getLogger("driftrec.topk"), _Heard()
     topk_log.addHandler(handler)
     try:
         stale = {}
         for label, through in (("nightly", None), ("after cutoff", tuned.data_through), ("expects the day", day_after)):
-            heard.clear()
+            handler.messages.clear()
             TopKJob(spark, kconf, state_through=through)._migration_state(day_after)
-            stale[label] = any("migration state is as of" in m for m in heard)
+            stale[label] = any("migration state is as of" in m for m in handler.messages)
     finally:
         topk_log.removeHandler(handler)
     assert stale == {"nightly": True, "after cutoff": False, "expects the day": True}

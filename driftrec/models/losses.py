@@ -4,8 +4,9 @@ The full softmax over the catalogue is most of a CPU training step: the (positio
 log-softmax, its backward and the zero-filled gradient are four passes over a matrix of ~250 MB for a batch of
 6,400 positions and 10k items, each freshly allocated and page-faulted. :func:`full_softmax_loss` computes the same
 loss and gradients a block of rows (~4 MB of logits) at a time and keeps only the gradients of its two inputs (the
-idea of fused linear cross-entropy kernels on GPUs): a SASRec step at 9,742 items 2.05x as fast. :func:`reference_full_softmax_loss` is the plain
-PyTorch definition the fused one is tested and benchmarked against (``benchmarks/bench_loss.py``).
+idea of fused linear cross-entropy kernels on GPUs): a SASRec step at 9,742 items 2.05x as fast.
+:func:`reference_full_softmax_loss` is the plain PyTorch definition the blocked one is tested and benchmarked against
+(``benchmarks/bench_loss.py``).
 """
 
 from __future__ import annotations
